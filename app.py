@@ -1,0 +1,44 @@
+"""tokstep's entry point: `python app.py [--model NAME] [--host H] [--port P] [--share]`.
+
+The model comes from --model, else the TOKSTEP_MODEL environment variable, else "gpt2".
+`demo` is module-level so the file also runs as a Hugging Face Space.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from tokstep.loading import ModelLoadError
+from tokstep.startup import load_for_app
+from tokstep.ui import CSS, create_demo
+
+DEFAULT_MODEL = "gpt2"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Watch a language model write, one token at a time.")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help=f"bundled model name, local directory or Hugging Face Hub id (default: $TOKSTEP_MODEL or {DEFAULT_MODEL})",
+    )
+    parser.add_argument(
+        "--host", default=os.environ.get("GRADIO_SERVER_NAME"), help="address to listen on (default 127.0.0.1)"
+    )
+    parser.add_argument("--port", type=int, default=None, help="port (default: $GRADIO_SERVER_PORT or 7860)")
+    parser.add_argument("--share", action="store_true", help="also open a temporary public gradio link")
+    # parse_known_args: hosts such as Spaces or `gradio app.py` may pass flags of their own.
+    return parser.parse_known_args(argv)[0]
+
+
+args = parse_args()
+try:
+    lm, notice = load_for_app(args.model, env_model=os.environ.get("TOKSTEP_MODEL"), default=DEFAULT_MODEL)
+except ModelLoadError as error:
+    sys.exit(f"tokstep: {error}")
+demo = create_demo(lm, notice=notice)
+
+if __name__ == "__main__":
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=CSS)

@@ -1,0 +1,320 @@
+"""The Gradio page: `create_demo(lm)` builds it; callbacks only render what the engine gives.
+
+Per-user state is one `TokenStepper` in a `gr.State` (token ids, KV cache, next-token
+logits). The model itself is shared read-only; its forward passes take turns on a lock
+(see `LanguageModel.forward_lock`), while Auto-run's pauses between tokens overlap freely.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+
+from tokstep.engine import (
+    STOP_REASON_TEXT,
+    PromptError,
+    Step,
+    TokenStepper,
+    check_max_new_tokens,
+    context_full_message,
+)
+from tokstep.loading import LanguageModel
+from tokstep.tokens import visible_whitespace
+
+DEFAULT_PROMPT = "Once upon a time"
+NOTEBOOK_PROMPT = "Once upon a time, generative models"
+TOP_K = 5
+DEFAULT_AUTORUN_TOKENS = 20
+MAX_AUTORUN_TOKENS = 256
+DEFAULT_SPEED = 3.0  # tokens per second: slow enough to read each token as it comes
+PROMPT_COLOR = "#bfdbfe"  # light blue
+GENERATED_COLOR = "#fed7aa"  # light orange
+# A tab closed or idle this long gives its KV cache back (seconds since the last update).
+STATE_TTL_S = 3600
+
+CSS = """
+#tokens .textfield { line-height: 2.2; }
+#status p { margin: 0.25em 0; }
+"""
+
+LEGEND = (
+    f'<span style="background:{PROMPT_COLOR};color:#111;padding:0 .4em;border-radius:4px">Once 7454</span> '
+    "a token of your prompt, with its id &nbsp; "
+    f'<span style="background:{GENERATED_COLOR};color:#111;padding:0 .4em;border-radius:4px">of +286</span> '
+    "a token the model wrote (its id marked +)"
+)
+
+
+def highlighted_tokens(stepper: TokenStepper | None) -> gr.HighlightedText:
+    """Every token with its id; prompt and generated tokens in two colours (and `+` ids)."""
+    if stepper is None:
+        return gr.HighlightedText(value=[], color_map={})
+    texts = stepper.lm.texts
+    entries: list[tuple[str, str]] = []
+    color_map: dict[str, str] = {}
+    for position, token_id in enumerate(stepper.ids):
+        generated = position >= stepper.prompt_length
+        category = f"+{token_id}" if generated else str(token_id)
+        entries.append((texts.text(token_id), category))
+        color_map[category] = GENERATED_COLOR if generated else PROMPT_COLOR
+    return gr.HighlightedText(value=entries, color_map=color_map)
+
+
+def label_key(token_id: int, token: str) -> str:
+    """A gr.Label key: the token with visible whitespace and its id (ids keep keys unique)."""
+    return f"{visible_whitespace(token)} ({token_id})"
+
+
+def render(stepper: TokenStepper | None, note: str = "") -> tuple[Any, ...]:
+    """Component values for one state: (state, tokens, topk, status, token table, top-k table)."""
+    if stepper is None:
+        return (None, highlighted_tokens(None), {}, note, [], [])
+    lm = stepper.lm
+    texts = lm.texts
+    token_rows = [
+        [
+            position,
+            token_id,
+            visible_whitespace(texts.text(token_id)),
+            "prompt" if position < stepper.prompt_length else "generated",
+        ]
+        for position, token_id in enumerate(stepper.ids)
+    ]
+    lines = [
+        f"**{stepper.prompt_length}** prompt tokens · **{len(stepper.generated_ids)}** generated"
+        + (f" · context {len(stepper.ids)}/{lm.context_length}" if lm.context_length else "")
+    ]
+    if stepper.room_left is not None and stepper.room_left <= 0:
+        lines.append(context_full_message(lm))
+        top, rest = [], 0.0
+    else:
+        top, rest = stepper.next_top(TOP_K)
+        best = top[0]
+        lines.append(
+            f"Most likely next token: `{visible_whitespace(best.token)}` (id {best.token_id}) "
+            f"with {best.prob:.1%}. The other {lm.vocab_size - len(top):,} tokens share {rest:.1%}."
+        )
+    if note:
+        lines.append(note)
+    return (
+        stepper,
+        highlighted_tokens(stepper),
+        {label_key(c.token_id, c.token): c.prob for c in top},
+        "\n\n".join(lines),
+        token_rows,
+        [[c.token_id, visible_whitespace(c.token), round(c.prob, 6)] for c in top],
+    )
+
+
+def step_note(step: Step) -> str:
+    """What the status says after a step: the chosen token, and why a run stopped."""
+    note = f"Appended `{visible_whitespace(step.token)}` (id {step.token_id}, p = {step.prob:.4f})."
+    if step.stop_reason is not None:
+        note += f" **Stopped:** {STOP_REASON_TEXT[step.stop_reason]}."
+    return note
+
+
+def start(lm: LanguageModel, prompt: str) -> tuple[Any, ...]:
+    """A fresh state for `prompt`; a prompt the model cannot take shows why in the status."""
+    try:
+        return render(TokenStepper.from_text(lm, prompt))
+    except PromptError as error:
+        return render(None, f"⚠️ {error}")
+
+
+def _current(lm: LanguageModel, stepper: TokenStepper | None, prompt: str) -> TokenStepper:
+    """The user's stepper, or a new one from the prompt box (e.g. after the state expired)."""
+    if stepper is not None:
+        return stepper
+    try:
+        return TokenStepper.from_text(lm, prompt)
+    except PromptError as error:
+        raise gr.Error(str(error), title="Cannot step") from None
+
+
+def step_once(lm: LanguageModel, stepper: TokenStepper | None, prompt: str) -> tuple[Any, ...]:
+    """Append exactly one greedy token."""
+    stepper = _current(lm, stepper, prompt)
+    if stepper.room_left is not None and stepper.room_left <= 0:
+        gr.Warning(context_full_message(lm))
+        return render(stepper, f"**Stopped:** {STOP_REASON_TEXT['context_full']}.")
+    return render(stepper, step_note(stepper.step(TOP_K)))
+
+
+def autorun(
+    lm: LanguageModel, stepper: TokenStepper | None, prompt: str, n_tokens: float, speed: float
+) -> Iterator[tuple[Any, ...]]:
+    """Append up to n_tokens greedy tokens, one page update each, at `speed` tokens/s."""
+    stepper = _current(lm, stepper, prompt)
+    n_tokens = int(n_tokens) if n_tokens else DEFAULT_AUTORUN_TOKENS
+    pause = 1.0 / speed if speed and speed > 0 else 0.0
+    if stepper.room_left is not None and stepper.room_left <= 0:
+        gr.Warning(context_full_message(lm))
+        yield render(stepper, f"**Stopped:** {STOP_REASON_TEXT['context_full']}.")
+        return
+    for count in range(1, n_tokens + 1):
+        started = time.monotonic()
+        step = stepper.step(TOP_K)
+        note = step_note(step)
+        if step.stop_reason is None and count == n_tokens:
+            note += f" **Stopped:** {STOP_REASON_TEXT['max_new_tokens']}."
+        yield render(stepper, note)
+        if step.stop_reason is not None:
+            return
+        if count < n_tokens:
+            time.sleep(max(0.0, pause - (time.monotonic() - started)))
+
+
+def api_max_new_tokens(lm: LanguageModel, value: Any) -> int:
+    """Check /generate's max_new_tokens: a whole number from 1 to the model's context."""
+    limit = lm.context_length or 1024
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    try:
+        check_max_new_tokens(value)
+    except ValueError:
+        raise gr.Error(f"max_new_tokens must be a whole number from 1 to {limit}, got {value!r}.") from None
+    if not 1 <= value <= limit:
+        raise gr.Error(f"max_new_tokens must be a whole number from 1 to {limit}, got {value}.")
+    return value
+
+
+def api_generate(lm: LanguageModel, prompt: Any, max_new_tokens: Any) -> Iterator[dict]:
+    """The /generate endpoint: one JSON object per token, at full speed."""
+    if not isinstance(prompt, str):
+        raise gr.Error(f"prompt must be a string, got {type(prompt).__name__}.")
+    max_new_tokens = api_max_new_tokens(lm, max_new_tokens)
+    try:
+        stepper = TokenStepper.from_text(lm, prompt)
+    except PromptError as error:
+        raise gr.Error(str(error)) from None
+    for count in range(1, max_new_tokens + 1):
+        step = stepper.step(TOP_K)
+        stop_reason = step.stop_reason or ("max_new_tokens" if count == max_new_tokens else None)
+        yield {
+            "text": prompt + stepper.generated_text(),
+            "token_id": step.token_id,
+            "token": step.token,
+            "prob": step.prob,
+            "top": [list(candidate) for candidate in step.top],
+            "rest_prob": step.rest_prob,
+            "position": step.position,
+            "stop_reason": stop_reason,
+        }
+        if stop_reason is not None:
+            return
+
+
+def create_demo(lm: LanguageModel, *, prompt: str = DEFAULT_PROMPT, notice: str | None = None) -> gr.Blocks:
+    """The tokstep page for `lm`. `notice` is shown at the top (e.g. why a fallback model runs)."""
+    with gr.Blocks(title="tokstep: watch a language model write") as demo:
+        gr.Markdown(
+            "# tokstep: watch a language model write, one token at a time\n"
+            f"Model: **{lm.name}**. Type a prompt, see its tokens and the model's most likely next "
+            "tokens, then press **Step** to append the most likely one, or **Auto-run** to keep going."
+        )
+        if notice:
+            gr.Markdown(f"⚠️ {notice}", elem_id="notice")
+        prompt_box = gr.Textbox(value=prompt, label="Prompt", lines=2, max_lines=8, elem_id="prompt")
+        with gr.Row():
+            step_button = gr.Button("Step", variant="primary", elem_id="step")
+            autorun_button = gr.Button("Auto-run", variant="secondary", elem_id="autorun")
+            stop_button = gr.Button("Stop", variant="stop", elem_id="stop")
+            reset_button = gr.Button("Reset", elem_id="reset")
+        with gr.Row():
+            n_tokens = gr.Slider(
+                1,
+                MAX_AUTORUN_TOKENS,
+                value=DEFAULT_AUTORUN_TOKENS,
+                step=1,
+                label="Tokens to auto-run",
+                elem_id="autorun-tokens",
+            )
+            speed = gr.Slider(
+                0.5, 20, value=DEFAULT_SPEED, step=0.5, label="Speed (tokens per second)", elem_id="speed"
+            )
+        tokens = gr.HighlightedText(
+            label="Tokens, each with its id",
+            elem_id="tokens",
+            show_legend=False,
+            combine_adjacent=False,
+            show_inline_category=True,
+        )
+        gr.HTML(LEGEND, elem_id="legend")
+        topk = gr.Label(
+            label=f"Next token: top {TOP_K} (probabilities over the whole vocabulary)",
+            num_top_classes=TOP_K,
+            elem_id="topk",
+        )
+        status = gr.Markdown(elem_id="status")
+        with gr.Accordion("The notebook's tables", open=False, elem_id="tables"):
+            token_table = gr.Dataframe(
+                headers=["position", "id", "token", "from"], label="Tokens", interactive=False, elem_id="token-table"
+            )
+            topk_table = gr.Dataframe(
+                headers=["id", "token", "p"], label=f"Top {TOP_K} next tokens", interactive=False, elem_id="topk-table"
+            )
+        state = gr.State(None, time_to_live=STATE_TTL_S)
+        view = [state, tokens, topk, status, token_table, topk_table]
+
+        def on_start(text: str) -> tuple[Any, ...]:
+            return start(lm, text)
+
+        def on_step(stepper: TokenStepper | None, text: str) -> tuple[Any, ...]:
+            return step_once(lm, stepper, text)
+
+        def on_autorun(stepper: TokenStepper | None, text: str, n: float, pace: float) -> Iterator[tuple[Any, ...]]:
+            yield from autorun(lm, stepper, text, n, pace)
+
+        autorun_event = autorun_button.click(
+            on_autorun,
+            inputs=[state, prompt_box, n_tokens, speed],
+            outputs=view,
+            api_name="autorun",
+            api_visibility="undocumented",
+            concurrency_limit=32,
+            show_progress="hidden",
+        )
+        step_button.click(
+            on_step,
+            inputs=[state, prompt_box],
+            outputs=view,
+            api_name="step",
+            api_visibility="undocumented",
+            show_progress="hidden",
+        )
+        # Editing the prompt, Reset and the page's first load all start over from the prompt;
+        # each also stops a running Auto-run, which would otherwise keep writing the old text.
+        gr.on(
+            [prompt_box.input, reset_button.click, demo.load],
+            on_start,
+            inputs=prompt_box,
+            outputs=view,
+            api_name="reset",
+            api_visibility="undocumented",
+            cancels=[autorun_event],
+            trigger_mode="always_last",
+            show_progress="hidden",
+        )
+        gr.Examples(
+            [[DEFAULT_PROMPT], [NOTEBOOK_PROMPT]],
+            inputs=prompt_box,
+            outputs=view,
+            fn=on_start,
+            run_on_click=True,
+            cache_examples=False,
+            label="Example prompts",
+        )
+        stop_button.click(None, cancels=[autorun_event])
+
+        def generate(prompt: str, max_new_tokens: int = 20) -> Iterator[dict]:
+            """Greedy generation streamed one token at a time: each update is
+            {text, token_id, token, prob, top: [[token_id, token, prob], ...], rest_prob, position, stop_reason}."""
+            yield from api_generate(lm, prompt, max_new_tokens)
+
+        gr.api(generate, api_name="generate", concurrency_limit=8)
+    demo.queue(default_concurrency_limit=8, max_size=64)
+    return demo
