@@ -90,10 +90,12 @@ class TokenStepper:
     like `model.generate`.
     """
 
-    def __init__(self, lm: LanguageModel, prompt_ids: Sequence[int]) -> None:
+    def __init__(self, lm: LanguageModel, prompt_ids: Sequence[int], prompt_text: str | None = None) -> None:
         self.lm = lm
         self.ids: list[int] = [int(i) for i in prompt_ids]
         self.prompt_length = len(self.ids)
+        # The prompt as the user typed it: decoding its ids need not give it back exactly.
+        self.prompt_text = prompt_text if prompt_text is not None else lm.texts.decode(self.ids)
         check_prompt_length(lm, self.prompt_length)
         self._cache = None  # transformers Cache holding keys/values of ids[:_cached]
         self._cached = 0
@@ -105,7 +107,7 @@ class TokenStepper:
         """A stepper for a text prompt; PromptError for an empty or over-long one."""
         if not isinstance(prompt, str) or not prompt.strip():
             raise PromptError("The prompt is empty. Type some text for the model to continue.")
-        return cls(lm, tokenize(lm.tokenizer, prompt))
+        return cls(lm, tokenize(lm.tokenizer, prompt), prompt)
 
     @property
     def generated_ids(self) -> list[int]:
@@ -121,6 +123,10 @@ class TokenStepper:
     def generated_text(self) -> str:
         """The generated tokens decoded together (bytes split over tokens join up)."""
         return self.lm.texts.decode(self.generated_ids)
+
+    def text(self) -> str:
+        """The prompt followed by everything generated so far."""
+        return self.prompt_text + self.generated_text()
 
     def _forward_pending(self) -> torch.Tensor:
         """Feed the ids not yet in the KV cache; return the next-token logits (vocab,)."""
@@ -225,10 +231,7 @@ def generate_steps(
     # Arguments are checked here, at the call, not at the first next().
     check_max_new_tokens(max_new_tokens)
     check_top_k(lm, top_k)
-    if isinstance(prompt, str):
-        stepper = TokenStepper.from_text(lm, prompt)
-    else:
-        stepper = TokenStepper(lm, prompt)
+    stepper = TokenStepper.from_text(lm, prompt) if isinstance(prompt, str) else TokenStepper(lm, prompt)
     return _run_greedy(stepper, max_new_tokens, top_k)
 
 

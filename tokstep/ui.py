@@ -58,7 +58,7 @@ def highlighted_tokens(stepper: TokenStepper | None) -> gr.HighlightedText:
     for position, token_id in enumerate(stepper.ids):
         generated = position >= stepper.prompt_length
         category = f"+{token_id}" if generated else str(token_id)
-        entries.append((texts.text(token_id), category))
+        entries.append((visible_whitespace(texts.text(token_id)), category))
         color_map[category] = GENERATED_COLOR if generated else PROMPT_COLOR
     return gr.HighlightedText(value=entries, color_map=color_map)
 
@@ -69,9 +69,9 @@ def label_key(token_id: int, token: str) -> str:
 
 
 def render(stepper: TokenStepper | None, note: str = "") -> tuple[Any, ...]:
-    """Component values for one state: (state, tokens, topk, status, token table, top-k table)."""
+    """Component values for one state: (state, tokens, topk, status, token table, top-k table, text)."""
     if stepper is None:
-        return (None, highlighted_tokens(None), {}, note, [], [])
+        return (None, highlighted_tokens(None), {}, note, [], [], "")
     lm = stepper.lm
     texts = lm.texts
     token_rows = [
@@ -106,6 +106,7 @@ def render(stepper: TokenStepper | None, note: str = "") -> tuple[Any, ...]:
         "\n\n".join(lines),
         token_rows,
         [[c.token_id, visible_whitespace(c.token), round(c.prob, 6)] for c in top],
+        stepper.text(),
     )
 
 
@@ -195,7 +196,7 @@ def api_generate(lm: LanguageModel, prompt: Any, max_new_tokens: Any) -> Iterato
         step = stepper.step(TOP_K)
         stop_reason = step.stop_reason or ("max_new_tokens" if count == max_new_tokens else None)
         yield {
-            "text": prompt + stepper.generated_text(),
+            "text": stepper.text(),
             "token_id": step.token_id,
             "token": step.token,
             "prob": step.prob,
@@ -250,6 +251,7 @@ def create_demo(lm: LanguageModel, *, prompt: str = DEFAULT_PROMPT, notice: str 
             elem_id="topk",
         )
         status = gr.Markdown(elem_id="status")
+        text_box = gr.Textbox(label="Text so far", interactive=False, lines=3, elem_id="text")
         with gr.Accordion("The notebook's tables", open=False, elem_id="tables"):
             token_table = gr.Dataframe(
                 headers=["position", "id", "token", "from"], label="Tokens", interactive=False, elem_id="token-table"
@@ -258,7 +260,7 @@ def create_demo(lm: LanguageModel, *, prompt: str = DEFAULT_PROMPT, notice: str 
                 headers=["id", "token", "p"], label=f"Top {TOP_K} next tokens", interactive=False, elem_id="topk-table"
             )
         state = gr.State(None, time_to_live=STATE_TTL_S)
-        view = [state, tokens, topk, status, token_table, topk_table]
+        view = [state, tokens, topk, status, token_table, topk_table, text_box]
 
         def on_start(text: str) -> tuple[Any, ...]:
             return start(lm, text)
