@@ -16,6 +16,7 @@ name or a missing network gives a clear error at once.
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,11 +87,16 @@ def _is_cached(repo_id: str) -> bool:
         return False
 
 
+def _env_flag(name: str) -> bool:
+    # Read at call time: huggingface_hub reads HF_HUB_OFFLINE once, at import.
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 def check_hub(repo_id: str, timeout: float = HUB_TIMEOUT_S) -> None:
     """Raise ModelLoadError unless the Hub answers, within `timeout`, that `repo_id` exists."""
     advice = "Check the name, connect to the internet, or pass a local directory that holds the model."
     local = ", ".join(bundled_models()) or "none"
-    if huggingface_hub.is_offline_mode():
+    if huggingface_hub.is_offline_mode() or _env_flag("HF_HUB_OFFLINE"):
         raise ModelLoadError(
             f"Model '{repo_id}' is not in the local Hugging Face cache and offline mode is on "
             f"(HF_HUB_OFFLINE). {advice} Bundled models: {local}."
@@ -157,7 +163,13 @@ def load(
     if bundled is not None:
         source, local_only = str(bundled), True
     elif Path(name).expanduser().is_dir():
-        source, local_only = str(Path(name).expanduser()), True
+        folder = Path(name).expanduser()
+        if not (folder / "config.json").is_file():
+            raise ModelLoadError(
+                f"Folder '{name}' holds no config.json, so it is not a Hugging Face model folder. "
+                "Pass a folder saved with save_pretrained (config, weights and tokenizer files)."
+            )
+        source, local_only = str(folder), True
     elif _is_cached(name):
         source, local_only = name, True
     else:

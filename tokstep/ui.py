@@ -280,7 +280,7 @@ def create_demo(lm: LanguageModel, *, prompt: str = DEFAULT_PROMPT, notice: str 
             concurrency_limit=32,
             show_progress="hidden",
         )
-        step_button.click(
+        step_event = step_button.click(
             on_step,
             inputs=[state, prompt_box],
             outputs=view,
@@ -289,27 +289,20 @@ def create_demo(lm: LanguageModel, *, prompt: str = DEFAULT_PROMPT, notice: str 
             show_progress="hidden",
         )
         # Editing the prompt, Reset and the page's first load all start over from the prompt;
-        # each also stops a running Auto-run, which would otherwise keep writing the old text.
+        # each also stops a running Auto-run or Step, which would otherwise write the old text back.
         gr.on(
-            [prompt_box.input, reset_button.click, demo.load],
+            [prompt_box.change, reset_button.click, demo.load],
             on_start,
             inputs=prompt_box,
             outputs=view,
             api_name="reset",
             api_visibility="undocumented",
-            cancels=[autorun_event],
+            cancels=[autorun_event, step_event],
             trigger_mode="always_last",
             show_progress="hidden",
         )
-        gr.Examples(
-            [[DEFAULT_PROMPT], [NOTEBOOK_PROMPT]],
-            inputs=prompt_box,
-            outputs=view,
-            fn=on_start,
-            run_on_click=True,
-            cache_examples=False,
-            label="Example prompts",
-        )
+        # Choosing an example changes the prompt box, which starts over (the change event above).
+        gr.Examples([[DEFAULT_PROMPT], [NOTEBOOK_PROMPT]], inputs=prompt_box, label="Example prompts")
         stop_button.click(None, cancels=[autorun_event])
 
         def generate(prompt: str, max_new_tokens: int = 20) -> Iterator[dict]:

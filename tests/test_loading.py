@@ -1,0 +1,57 @@
+"""Loading: local folders through the Auto classes, and clear, fast errors for bad names."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+
+import tokstep
+from tokstep.loading import check_hub
+
+
+def test_a_local_folder_loads_in_eval_mode_fp32_on_cpu(tiny_lm, tiny_model_dir):
+    assert tiny_lm.name == str(tiny_model_dir)
+    assert not tiny_lm.model.training
+    assert tiny_lm.model.dtype == torch.float32
+    assert tiny_lm.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert tiny_lm.context_length == tiny_lm.model.config.n_positions
+    assert tiny_lm.eos_token_ids == {tiny_lm.tokenizer.eos_token_id}
+
+
+def test_an_unknown_model_name_fails_fast_with_advice(monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    started = time.monotonic()
+    with pytest.raises(tokstep.ModelLoadError) as caught:
+        tokstep.load("tokstep-test/no-such-model-anywhere")
+    assert time.monotonic() - started < 15
+    message = str(caught.value)
+    assert "'tokstep-test/no-such-model-anywhere'" in message
+    assert "Check the name, connect to the internet, or pass a local directory" in message
+
+
+def test_offline_mode_fails_at_once(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    started = time.monotonic()
+    with pytest.raises(tokstep.ModelLoadError, match="offline mode"):
+        check_hub("tokstep-test/no-such-model-anywhere")
+    assert time.monotonic() - started < 2
+
+
+def test_a_folder_that_is_not_a_model_is_a_clear_error(tmp_path):
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(tokstep.ModelLoadError, match="holds no config.json"):
+        tokstep.load(str(tmp_path))
+
+
+def test_a_broken_model_folder_is_a_clear_error(tmp_path, tiny_model_dir):
+    (tmp_path / "config.json").write_text((tiny_model_dir / "config.json").read_text())
+    with pytest.raises(tokstep.ModelLoadError, match="(?s)could not be loaded.*Hugging Face format"):
+        tokstep.load(str(tmp_path))
+
+
+@pytest.mark.parametrize("name", ["", "   "])
+def test_an_empty_name_is_refused(name):
+    with pytest.raises(tokstep.ModelLoadError, match="No model name"):
+        tokstep.load(name)
