@@ -12,7 +12,7 @@ import sys
 
 from tokstep.loading import ModelLoadError
 from tokstep.startup import load_for_app
-from tokstep.ui import CSS, create_demo
+from tokstep.ui import LAUNCH_OPTIONS, create_demo
 
 DEFAULT_MODEL = "gpt2"
 
@@ -41,4 +41,4 @@ except ModelLoadError as error:
 demo = create_demo(lm, notice=notice)
 
 if __name__ == "__main__":
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=CSS)
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **LAUNCH_OPTIONS)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,7 +22,12 @@ from tokstep.loading import LanguageModel
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-TINY_CONTEXT = 64  # positions of the tiny model: small enough to fill in a test
+TINY_CONTEXT = 64
+CHROMIUM = os.environ.get("TOKSTEP_CHROMIUM", "/usr/bin/chromium")
+ROOT = Path(__file__).resolve().parents[1]
+SCREENSHOTS = (
+    ROOT / "test-artifacts" / "screenshots"
+)  # what the browser tests saw  # positions of the tiny model: small enough to fill in a test
 
 
 def gpt2_tokenizer_from_package() -> GPT2Tokenizer:
@@ -60,6 +66,20 @@ def tiny_lm(tiny_model_dir: Path) -> LanguageModel:
     return tokstep.load(str(tiny_model_dir))
 
 
+def token_labels(page) -> list[str]:
+    return page.locator("#tokens .token .label").all_inner_texts()
+
+
+def wait_for_count(page, count: int, timeout: float = 15) -> list[str]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        labels = token_labels(page)
+        if len(labels) == count:
+            return labels
+        time.sleep(0.05)
+    raise AssertionError(f"expected {count} tokens on the page, saw {token_labels(page)}")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -69,11 +89,44 @@ def free_port() -> int:
 @pytest.fixture(scope="session")
 def server_url(tiny_lm: LanguageModel) -> Iterator[str]:
     """A real tokstep server on localhost for the whole session."""
-    from tokstep.ui import CSS, create_demo
+    from tokstep.ui import LAUNCH_OPTIONS, create_demo
 
     demo = create_demo(tiny_lm)
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True, css=CSS)
+    demo.launch(
+        prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True, **LAUNCH_OPTIONS
+    )
     try:
         yield demo.local_url
     finally:
         demo.close()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's Chromium, driven by Playwright (which never downloads a browser here)."""
+    if not Path(CHROMIUM).exists():
+        # The README's test command installs Chromium; in CI a missing browser is a failure.
+        if os.environ.get("CI"):
+            pytest.fail(f"{CHROMIUM} is missing: run scripts/install-chromium.sh")
+        pytest.skip(f"{CHROMIUM} is not installed (scripts/install-chromium.sh installs it)")
+    from playwright.sync_api import sync_playwright
+
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, server_url):
+    """A fresh browser tab (its own Gradio session) on the tiny model's page."""
+    context = browser.new_context(viewport={"width": 1200, "height": 1000})
+    page = context.new_page()
+    page.goto(server_url)
+    page.wait_for_selector("#tokens .token")
+    yield page
+    context.close()

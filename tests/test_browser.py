@@ -3,65 +3,18 @@ Stop and Reset as a person uses them."""
 
 from __future__ import annotations
 
-import os
 import time
-from pathlib import Path
 
-import pytest
+from conftest import SCREENSHOTS, token_labels, wait_for_count
 
 import tokstep
 
-CHROMIUM = os.environ.get("TOKSTEP_CHROMIUM", "/usr/bin/chromium")
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-artifacts" / "screenshots"
 PROMPT = "Once upon a time"
-
-if not Path(CHROMIUM).exists():
-    # The README's test command installs Chromium; in CI a missing browser is a failure.
-    if os.environ.get("CI"):
-        raise RuntimeError(f"{CHROMIUM} is missing: install Debian's chromium package")
-    pytest.skip(f"{CHROMIUM} is not installed", allow_module_level=True)
-
-from playwright.sync_api import Page, sync_playwright  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"],
-        )
-        yield browser
-        browser.close()
-
-
-@pytest.fixture
-def page(browser, server_url) -> Page:
-    context = browser.new_context(viewport={"width": 1200, "height": 1000})
-    page = context.new_page()
-    page.goto(server_url)
-    yield page
-    context.close()
-
-
-def token_labels(page: Page) -> list[str]:
-    return page.locator("#tokens .token .label").all_inner_texts()
-
-
-def wait_for_count(page: Page, count: int, timeout: float = 15) -> list[str]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        labels = token_labels(page)
-        if len(labels) == count:
-            return labels
-        time.sleep(0.05)
-    raise AssertionError(f"expected {count} tokens on the page, saw {token_labels(page)}")
 
 
 def test_step_autorun_stop_reset_in_a_real_browser(page, tiny_lm):
     prompt_ids = tokstep.tokenize(tiny_lm.tokenizer, PROMPT)
     greedy = [s.token_id for s in tokstep.generate_steps(tiny_lm, PROMPT, max_new_tokens=30)]
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
 
     assert wait_for_count(page, len(prompt_ids)) == [str(i) for i in prompt_ids]
     first_heading = page.locator("#topk [data-testid='label-output-value']").inner_text()

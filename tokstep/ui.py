@@ -35,10 +35,47 @@ GENERATED_COLOR = "#fed7aa"  # light orange
 # A tab closed or idle this long gives its KV cache back (seconds since the last update).
 STATE_TTL_S = 3600
 
+# Page styling: solid, dark-on-light token chips in both themes (WCAG AA contrast), visible
+# keyboard focus, and touch-sized buttons (44 px, as WCAG 2.5.5 asks) on phones.
 CSS = """
 #tokens .textfield { line-height: 2.2; }
+#tokens .token .text, #tokens .token .label { color: #111 !important; }
 #status p { margin: 0.25em 0; }
+#step, #autorun, #stop, #reset, .gallery-item, .example { min-height: 44px; }
+/* Gradio's orange and red buttons carry white text at about 3:1; these darker shades pass 4.5:1. */
+#step { background: #c2410c !important; border-color: #c2410c !important; color: #fff !important; }
+#step:hover { background: #9a3412 !important; }
+#stop { background: #b91c1c !important; border-color: #b91c1c !important; color: #fff !important; }
+#stop:hover { background: #991b1b !important; }
+button:focus-visible, textarea:focus-visible, input:focus-visible, [tabindex]:focus-visible {
+  outline: 3px solid #2563eb !important; outline-offset: 2px;
+}
 """
+
+# Runs once when the page loads: Ctrl+Enter (Cmd+Enter on a Mac) presses Step from anywhere,
+# screen readers are told about the shortcut, and the status line is announced as it changes.
+JS = """
+() => {
+  document.addEventListener("keydown", (event) => {
+    if ((event.ctrlKey || event.metaKey) && event.key === "Enter") {
+      const step = document.querySelector("#step");
+      if (step && !step.disabled) { event.preventDefault(); step.click(); }
+    }
+  });
+  const mark = () => {
+    const step = document.querySelector("#step");
+    const status = document.querySelector("#status");
+    if (!step || !status) { return false; }
+    step.setAttribute("aria-keyshortcuts", "Control+Enter");
+    status.setAttribute("aria-live", "polite");
+    return true;
+  };
+  if (!mark()) { const timer = setInterval(() => { if (mark()) { clearInterval(timer); } }, 200); }
+}
+"""
+
+# What every launch of the page passes to `demo.launch` (Gradio 6 takes css/js there).
+LAUNCH_OPTIONS = {"css": CSS, "js": JS}
 
 LEGEND = (
     f'<span style="background:{PROMPT_COLOR};color:#111;padding:0 .4em;border-radius:4px">Once 7454</span> '
@@ -215,7 +252,8 @@ def create_demo(lm: LanguageModel, *, prompt: str = DEFAULT_PROMPT, notice: str 
         gr.Markdown(
             "# tokstep: watch a language model write, one token at a time\n"
             f"Model: **{lm.name}**. Type a prompt, see its tokens and the model's most likely next "
-            "tokens, then press **Step** to append the most likely one, or **Auto-run** to keep going."
+            "tokens, then press **Step** (or Ctrl+Enter) to append the most likely one, or **Auto-run** "
+            "to keep going."
         )
         if notice:
             gr.Markdown(f"⚠️ {notice}", elem_id="notice")
