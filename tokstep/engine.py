@@ -3,8 +3,11 @@
 It knows nothing of Gradio. Its phases, as in any KV-cached decoder:
   prefill            run the whole prompt once; keep the KV cache and the last logits
   next-token probs   softmax over the *whole* vocabulary (never renormalised over top-k)
-  choose             greedy = argmax of the logits (what `generate(do_sample=False)` does)
+  choose             greedy = argmax of the logits (what `generate(do_sample=False)` does),
+                     a token the user picked, or a seeded draw (see tokstep.sampling)
   append             add the chosen *id*; the next forward pass reads only that one token
+  undo               drop the last id and crop the KV cache back; the distribution before
+                     it is recomputed from the cropped cache, never stored per step
 
 Text is never decoded and re-tokenized on the way: the seed notebook did that, which can
 change earlier tokens and costs a forward pass over the whole sequence per token.
@@ -12,17 +15,27 @@ change earlier tokens and costs a forward pass over the whole sequence per token
 
 from __future__ import annotations
 
+import math
+import operator
 import threading
+import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Literal, NamedTuple
 
 import torch
 
 from tokstep.loading import LanguageModel
+from tokstep.sampling import SamplingSettings, sample_token, sampling_probs
 from tokstep.tokens import tokenize
 
 StopReason = Literal["end_of_text", "max_new_tokens", "context_full"]
+
+# How a generated token was chosen: the most likely one, the user's pick, or a seeded draw.
+ChosenBy = Literal["greedy", "user", "sampled"]
+
+# Coarse bands of a token's rank, for colouring: how surprising the token was to the model.
+RankBucket = Literal["top 1", "top 10", "top 100", "beyond"]
 
 STOP_REASON_TEXT: dict[str, str] = {
     "end_of_text": "the model wrote its end-of-text token",
@@ -50,10 +63,36 @@ class Step:
     rest_prob: float  # probability mass of every token outside `top`
     position: int  # index of this token in the whole sequence, prompt included
     stop_reason: StopReason | None = None  # set on the last step of a run
+    # The fields below are set by the engine; their defaults only serve Steps built by hand.
+    chosen_by: ChosenBy = "greedy"
+    rank: int = 1  # 1 + the number of tokens the model gave more probability than this one
+    entropy: float = 0.0  # of the model's whole next-token distribution, in bits
+    # Wall time of the forward pass that gave this distribution plus the choice. Timing is
+    # not part of what a Step *is*, so two Steps that agree on everything else are equal.
+    elapsed_ms: float = field(default=0.0, compare=False)
+    # Only when the token was stepped with sampling settings (None otherwise):
+    sampling: SamplingSettings | None = None  # the settings used
+    sampling_prob: float | None = None  # the chosen token's probability after temperature and filtering
+    sampling_top: list[float] | None = None  # the same for each token of `top`, in its order
+    sampling_kept: int | None = None  # how many tokens the filters left to draw from
+
+
+class TokenScore(NamedTuple):
+    """How likely the model found one prompt token, given the tokens before it."""
+
+    position: int  # index in the prompt
+    token_id: int
+    token: str  # display text
+    prob: float | None  # full-vocabulary probability; None for the first token (nothing before it)
+    rank: int | None  # 1 = the model's most likely choice there; None for the first token
 
 
 class PromptError(ValueError):
     """A prompt the model cannot continue; the message says why and what to do."""
+
+
+class UndoError(ValueError):
+    """Undo asked for when no generated token is left: only the prompt remains."""
 
 
 def logits_to_probs(logits: torch.Tensor) -> torch.Tensor:
@@ -64,6 +103,32 @@ def logits_to_probs(logits: torch.Tensor) -> torch.Tensor:
     return torch.softmax(logits.float(), dim=-1)
 
 
+def entropy_bits(probs: torch.Tensor) -> float:
+    """Entropy of a distribution (vocab,), in bits: 0 when the model is sure, log2(vocab) at most.
+
+    xlogy counts 0 * log 0 as 0: tokens whose probability underflows add nothing.
+    """
+    return float(-torch.special.xlogy(probs.double(), probs.double()).sum() / math.log(2))
+
+
+def token_rank(probs: torch.Tensor, token_id: int) -> int:
+    """1 + the number of tokens more likely than `token_id` under `probs` (vocab,); ties share a rank."""
+    return int((probs > probs[token_id]).sum()) + 1
+
+
+def rank_bucket(rank: int) -> RankBucket:
+    """The band a 1-based rank falls in: "top 1", "top 10", "top 100" or "beyond"."""
+    if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"rank must be a whole number of 1 or more, got {rank!r}.")
+    if rank == 1:
+        return "top 1"
+    if rank <= 10:
+        return "top 10"
+    if rank <= 100:
+        return "top 100"
+    return "beyond"
+
+
 def top_k(lm: LanguageModel, probs: torch.Tensor, k: int) -> tuple[list[TokenProb], float]:
     """The k most likely tokens (highest first) and the probability mass outside them."""
     values, indices = torch.topk(probs, k)  # (k,), (k,)
@@ -72,6 +137,17 @@ def top_k(lm: LanguageModel, probs: torch.Tensor, k: int) -> tuple[list[TokenPro
         for prob, token_id in zip(values.tolist(), indices.tolist(), strict=True)
     ]
     return top, max(0.0, 1.0 - float(values.sum()))
+
+
+def check_token_id(token_id: int, vocab_size: int) -> int:
+    """`token_id` as a plain int in 0..vocab_size - 1 (numpy and torch ints too), or a ValueError."""
+    try:
+        index = operator.index(token_id)
+    except TypeError:
+        index = None
+    if isinstance(token_id, bool) or index is None or not 0 <= index < vocab_size:
+        raise ValueError(f"token_id must be in 0..{vocab_size - 1}, got {token_id!r}.")
+    return index
 
 
 def check_top_k(lm: LanguageModel, k: int) -> int:
@@ -87,7 +163,14 @@ class TokenStepper:
     Each `step` costs one token's forward pass (the first one also reads the prompt).
     The forward pass for the newest token runs lazily, when its distribution is first
     needed, so a run of n tokens costs the prompt plus n - 1 single-token passes,
-    like `model.generate`.
+    like `model.generate`. `undo` crops the KV cache instead of starting over, so going
+    back one token also costs one token's forward pass.
+
+    >>> stepper = TokenStepper.from_text(lm, "Once upon a time")
+    >>> stepper.step().chosen_by, stepper.step(sampling=SamplingSettings(seed=1)).chosen_by
+    ('greedy', 'sampled')
+    >>> stepper.undo().chosen_by
+    'sampled'
     """
 
     def __init__(self, lm: LanguageModel, prompt_ids: Sequence[int], prompt_text: str | None = None) -> None:
@@ -97,9 +180,13 @@ class TokenStepper:
         # The prompt as the user typed it: decoding its ids need not give it back exactly.
         self.prompt_text = prompt_text if prompt_text is not None else lm.texts.decode(self.ids)
         check_prompt_length(lm, self.prompt_length)
+        # One Step per generated token, in order: steps[i] is how generated_ids[i] was chosen.
+        # A Step holds only its top-k, never the whole distribution, so this stays small.
+        self.steps: list[Step] = []
         self._cache = None  # transformers Cache holding keys/values of ids[:_cached]
         self._cached = 0
         self._next_logits: torch.Tensor | None = None  # (vocab,), after ids[:_cached]
+        self._next_forward_ms = 0.0  # wall time of the pass that gave _next_logits
         self._lock = threading.Lock()  # one step at a time per sequence
 
     @classmethod
@@ -120,6 +207,11 @@ class TokenStepper:
             return None
         return self.lm.context_length - len(self.ids)
 
+    @property
+    def can_undo(self) -> bool:
+        """Whether there is a generated token to take back."""
+        return len(self.ids) > self.prompt_length
+
     def generated_text(self) -> str:
         """The generated tokens decoded together (bytes split over tokens join up)."""
         return self.lm.texts.decode(self.generated_ids)
@@ -134,12 +226,18 @@ class TokenStepper:
             return self._next_logits
         pending = torch.tensor([self.ids[self._cached :]], device=self.lm.device)  # (1, T_new)
         with self.lm.forward_lock, torch.inference_mode():
+            # Timed inside the lock: waiting for another user's pass is not this token's cost.
+            started = time.perf_counter()
             # Prefill reads the whole prompt; later passes read one token. Either way only
             # the last position's logits are needed: (1, 1, vocab).
             output = self.lm.model(input_ids=pending, cache=self._cache, use_cache=True, logits_to_keep=1)
+            logits = output.logits[0, -1]  # (vocab,)
+            if logits.device.type == "cuda":
+                torch.cuda.synchronize(logits.device)  # the pass ran asynchronously: wait for it to end
+            self._next_forward_ms = (time.perf_counter() - started) * 1000.0
         self._cache = output.cache
         self._cached = len(self.ids)
-        self._next_logits = output.logits[0, -1]
+        self._next_logits = logits
         return self._next_logits
 
     def next_token_probs(self) -> torch.Tensor:
@@ -151,39 +249,92 @@ class TokenStepper:
         """The k most likely next tokens and the mass outside them."""
         return top_k(self.lm, self.next_token_probs(), check_top_k(self.lm, k))
 
-    def step(self, top_k_size: int = 5, token_id: int | None = None) -> Step:
-        """Append one token: the greedy choice, or `token_id` when given. Returns its Step.
+    def step(self, top_k_size: int = 5, token_id: int | None = None, sampling: SamplingSettings | None = None) -> Step:
+        """Append one token and return its Step. The token is, in this order of precedence:
 
-        Raises PromptError when the context is already full.
+        - `token_id` when given (chosen_by "user"),
+        - a draw from the model's distribution after `sampling`'s temperature, top-k and
+          top-p, reproducible from (sampling.seed, position) (chosen_by "sampled"),
+        - otherwise the most likely token (chosen_by "greedy").
+
+        `prob`, `top` and `rest_prob` are always the model's own probabilities. With
+        `sampling` (also for a user's token), the Step also says what the sampler gave the
+        chosen token and each token of `top`. Raises PromptError when the context is full.
         """
         check_top_k(self.lm, top_k_size)
+        if sampling is not None and not isinstance(sampling, SamplingSettings):
+            raise TypeError(f"sampling must be a SamplingSettings or None, got {type(sampling).__name__}.")
         with self._lock:
             if self.room_left is not None and self.room_left <= 0:
                 raise PromptError(context_full_message(self.lm))
             logits = self._forward_pending()  # (vocab,)
+            started = time.perf_counter()
             probs = logits_to_probs(logits)  # (vocab,)
-            if token_id is None:
+            position = len(self.ids)
+            drawn = sampling_probs(logits, sampling) if sampling is not None else None  # (vocab,) or None
+            chosen_by: ChosenBy
+            if token_id is not None:
+                token_id = check_token_id(token_id, probs.shape[0])
+                chosen_by = "user"
+            elif drawn is not None:
+                token_id = sample_token(drawn, sampling, position)
+                chosen_by = "sampled"
+            else:
                 # argmax of the logits, exactly as greedy search in `generate` picks.
                 token_id = int(torch.argmax(logits))
-            elif not 0 <= token_id < probs.shape[0]:
-                raise ValueError(f"token_id must be in 0..{probs.shape[0] - 1}, got {token_id}.")
+                chosen_by = "greedy"
             top, rest = top_k(self.lm, probs, top_k_size)
-            position = len(self.ids)
+            stop_reason: StopReason | None = None
+            if token_id in self.lm.eos_token_ids:
+                stop_reason = "end_of_text"
+            elif self.room_left is not None and self.room_left <= 1:  # this token takes the last place
+                stop_reason = "context_full"
+            step = Step(
+                token_id=token_id,
+                token=self.lm.texts.text(token_id),
+                prob=float(probs[token_id]),
+                top=top,
+                rest_prob=rest,
+                position=position,
+                stop_reason=stop_reason,
+                chosen_by=chosen_by,
+                rank=token_rank(probs, token_id),
+                entropy=entropy_bits(probs),
+                elapsed_ms=self._next_forward_ms + (time.perf_counter() - started) * 1000.0,
+                sampling=sampling,
+                sampling_prob=float(drawn[token_id]) if drawn is not None else None,
+                sampling_top=[float(drawn[c.token_id]) for c in top] if drawn is not None else None,
+                sampling_kept=int((drawn > 0).sum()) if drawn is not None else None,
+            )
             self.ids.append(token_id)
-        stop_reason: StopReason | None = None
-        if token_id in self.lm.eos_token_ids:
-            stop_reason = "end_of_text"
-        elif self.room_left is not None and self.room_left <= 0:
-            stop_reason = "context_full"
-        return Step(
-            token_id=token_id,
-            token=self.lm.texts.text(token_id),
-            prob=float(probs[token_id]),
-            top=top,
-            rest_prob=rest,
-            position=position,
-            stop_reason=stop_reason,
-        )
+            self.steps.append(step)
+        return step
+
+    def undo(self) -> Step:
+        """Take back the last generated token and return its Step; UndoError at the prompt.
+
+        Afterwards ids, `steps` and the next-token distribution are as they were before that
+        token was appended. The KV cache is cropped to all but the last remaining token, and
+        that token's one-token pass recomputes the distribution when it is next needed.
+        """
+        with self._lock:
+            if not self.can_undo:
+                raise UndoError("Nothing to undo: only the prompt is left. Step to generate a token first.")
+            self.ids.pop()
+            step = self.steps.pop()
+            # Keep the keys/values of ids[:-1]: feeding ids[-1] again gives the distribution
+            # after it. The cache holds _cached positions (the popped token's, if it was fed).
+            keep = len(self.ids) - 1
+            if self._cache is not None and self._cached > keep:
+                if callable(getattr(self._cache, "crop", None)) and getattr(self._cache, "is_croppable", True):
+                    self._cache.crop(keep - self._cached)  # a negative count: remove that many positions
+                    self._cached = keep
+                else:
+                    # Sliding-window or recurrent layers cannot be put back as they were: read
+                    # the whole sequence again.
+                    self._cache, self._cached = None, 0
+            self._next_logits = None
+        return step
 
 
 def context_full_message(lm: LanguageModel) -> str:
@@ -218,12 +369,14 @@ def generate_steps(
     prompt: str | Sequence[int],
     max_new_tokens: int = 20,
     top_k: int = 5,
+    sampling: SamplingSettings | None = None,
 ) -> Iterator[Step]:
-    """Greedy generation, one Step per token, with the model's top-k at each step.
+    """Generation one Step per token, with the model's top-k at each step: greedy, or seeded
+    sampling when `sampling` is given.
 
     Stops on the end-of-text token, after `max_new_tokens`, or when the model's context
-    is full; the last Step's `stop_reason` says which. Token for token the same as
-    `model.generate(do_sample=False)`.
+    is full; the last Step's `stop_reason` says which. Greedy is token for token the same
+    as `model.generate(do_sample=False)`; sampling gives the same tokens for the same seed.
 
     >>> for step in generate_steps(lm, "Once upon a time", max_new_tokens=3):
     ...     print(step.token, round(step.prob, 3), step.stop_reason)
@@ -231,15 +384,48 @@ def generate_steps(
     # Arguments are checked here, at the call, not at the first next().
     check_max_new_tokens(max_new_tokens)
     check_top_k(lm, top_k)
+    if sampling is not None and not isinstance(sampling, SamplingSettings):
+        raise TypeError(f"sampling must be a SamplingSettings or None, got {type(sampling).__name__}.")
     stepper = TokenStepper.from_text(lm, prompt) if isinstance(prompt, str) else TokenStepper(lm, prompt)
-    return _run_greedy(stepper, max_new_tokens, top_k)
+    return _run(stepper, max_new_tokens, top_k, sampling)
 
 
-def _run_greedy(stepper: TokenStepper, max_new_tokens: int, top_k: int) -> Iterator[Step]:
+def _run(stepper: TokenStepper, max_new_tokens: int, top_k: int, sampling: SamplingSettings | None) -> Iterator[Step]:
     for count in range(1, max_new_tokens + 1):
-        step = stepper.step(top_k)
+        step = stepper.step(top_k, sampling=sampling)
         if step.stop_reason is None and count == max_new_tokens:
             step = replace(step, stop_reason="max_new_tokens")
+            stepper.steps[-1] = step  # the stepper's record says why the run ended, too
         yield step
         if step.stop_reason is not None:
             return
+
+
+def score_prompt(lm: LanguageModel, ids: Sequence[int]) -> list[TokenScore]:
+    """How likely the model found each token of `ids`, given the tokens before it.
+
+    One uncached forward pass over the whole sequence: the logits at position i - 1 are
+    the model's prediction for token i. The first token has nothing before it, so its
+    prob and rank are None. PromptError when `ids` is longer than the model's context.
+
+    >>> for score in score_prompt(lm, tokenize(lm.tokenizer, "Once upon a time")):
+    ...     print(repr(score.token), score.prob, score.rank)  # ' upon' is rank 1 for a story model
+    """
+    ids = [int(i) for i in ids]
+    if not ids:
+        return []
+    limit = lm.context_length
+    if limit is not None and len(ids) > limit:
+        raise PromptError(f"The text is {len(ids)} tokens, but {lm.name} reads at most {limit} tokens at once.")
+    with lm.forward_lock, torch.inference_mode():
+        logits = lm.model(input_ids=torch.tensor([ids], device=lm.device), use_cache=False).logits[0]  # (T, vocab)
+    probs = logits_to_probs(logits[:-1])  # (T - 1, vocab): row i predicts ids[i + 1]
+    targets = torch.tensor(ids[1:], device=probs.device)  # (T - 1,)
+    target_probs = probs.gather(1, targets[:, None])  # (T - 1, 1)
+    ranks = (probs > target_probs).sum(dim=1) + 1  # (T - 1,)
+    scores = [TokenScore(0, ids[0], lm.texts.text(ids[0]), None, None)]
+    for position, (token_id, prob, rank) in enumerate(
+        zip(ids[1:], target_probs[:, 0].tolist(), ranks.tolist(), strict=True), start=1
+    ):
+        scores.append(TokenScore(position, token_id, lm.texts.text(token_id), float(prob), int(rank)))
+    return scores
