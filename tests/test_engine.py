@@ -155,3 +155,88 @@ def test_generated_text_joins_bytes_split_across_tokens(tiny_lm):
     shown = [stepper.step(token_id=i).token for i in emoji_ids]
     assert shown == [" \\xf0\\x9f\\x98", "\\x80"]
     assert stepper.text() == "Look: 😀"
+
+
+def entropy_in_bits(probs: torch.Tensor) -> float:
+    nonzero = probs[probs > 0].double()
+    return float(-(nonzero * torch.log2(nonzero)).sum())
+
+
+def test_each_step_says_how_its_token_was_chosen(tiny_lm):
+    stepper = TokenStepper.from_text(tiny_lm, PROMPT)
+    greedy = stepper.step()
+    probs = full_forward_probs(tiny_lm, stepper.ids)
+    fifth = int(torch.topk(probs, 5).indices[4])
+    chosen = stepper.step(token_id=fifth)
+    assert (greedy.chosen_by, greedy.rank) == ("greedy", 1)
+    assert (chosen.chosen_by, chosen.rank) == ("user", 5)
+    assert chosen.entropy == pytest.approx(entropy_in_bits(probs), abs=1e-4)
+    assert 0 < chosen.entropy < torch.log2(torch.tensor(float(tiny_lm.vocab_size)))
+    assert greedy.sampling is greedy.sampling_top is greedy.sampling_prob is None
+    assert all(step.elapsed_ms > 0 for step in (greedy, chosen))
+    assert stepper.steps == [greedy, chosen]
+
+
+def test_rank_of_a_rare_token(tiny_lm):
+    stepper = TokenStepper.from_text(tiny_lm, PROMPT)
+    probs = full_forward_probs(tiny_lm, stepper.ids)
+    rarest = int(torch.argmin(probs))
+    step = stepper.step(token_id=rarest)
+    assert step.rank == int((probs > probs[rarest]).sum()) + 1 > 40_000
+    assert tokstep.rank_bucket(step.rank) == "beyond"
+
+
+def test_the_stepper_keeps_the_steps_generate_steps_yields(tiny_lm):
+    yielded = list(tokstep.generate_steps(tiny_lm, PROMPT, max_new_tokens=4))
+    stepper = TokenStepper.from_text(tiny_lm, PROMPT)
+    stepped = [stepper.step() for _ in range(4)]
+    assert [dataclasses.replace(s, stop_reason=None) for s in yielded] == stepped == stepper.steps
+    assert [s.chosen_by for s in yielded] == ["greedy"] * 4
+    # Steps built by hand, as before these fields existed, still work.
+    assert tokstep.Step(1, "x", 0.5, [], 0.5, 3).chosen_by == "greedy"
+
+
+@pytest.mark.parametrize(
+    ("rank", "bucket"),
+    [(1, "top 1"), (2, "top 10"), (10, "top 10"), (11, "top 100"), (100, "top 100"), (101, "beyond")],
+)
+def test_rank_buckets(rank, bucket):
+    assert tokstep.rank_bucket(rank) == bucket
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.0, None, True])
+def test_rank_bucket_refuses_what_is_not_a_rank(bad):
+    with pytest.raises(ValueError, match="rank"):
+        tokstep.rank_bucket(bad)
+
+
+def test_score_prompt_matches_a_direct_computation(tiny_lm):
+    ids = tokstep.tokenize(tiny_lm.tokenizer, PROMPT + " can write stories")
+    scores = tokstep.score_prompt(tiny_lm, ids)
+    assert [s.token_id for s in scores] == ids
+    assert [s.position for s in scores] == list(range(len(ids)))
+    assert [s.token for s in scores] == [tiny_lm.texts.text(i) for i in ids]
+    assert scores[0].prob is None and scores[0].rank is None
+    for i in range(1, len(ids)):
+        probs = full_forward_probs(tiny_lm, ids[:i])  # the model's guess after ids[:i]
+        assert scores[i].prob == pytest.approx(float(probs[ids[i]]), abs=1e-6)
+        assert scores[i].rank == int((probs > probs[ids[i]]).sum()) + 1
+    assert len({s.rank for s in scores[1:]}) > 1
+
+
+def test_score_prompt_of_greedy_text_ranks_every_token_first(tiny_lm):
+    stepper = TokenStepper.from_text(tiny_lm, PROMPT)
+    for _ in range(6):
+        stepper.step()
+    scores = tokstep.score_prompt(tiny_lm, stepper.ids)
+    assert [s.rank for s in scores[stepper.prompt_length :]] == [1] * 6
+    assert [s.prob for s in scores[stepper.prompt_length :]] == pytest.approx([s.prob for s in stepper.steps], abs=1e-5)
+
+
+def test_score_prompt_edges(tiny_lm):
+    assert tokstep.score_prompt(tiny_lm, []) == []
+    assert tokstep.score_prompt(tiny_lm, [464]) == [tokstep.TokenScore(0, 464, tiny_lm.texts.text(464), None, None)]
+    limit = tiny_lm.context_length
+    assert len(tokstep.score_prompt(tiny_lm, [464] * limit)) == limit
+    with pytest.raises(tokstep.PromptError, match=f"at most {limit} tokens"):
+        tokstep.score_prompt(tiny_lm, [464] * (limit + 1))
