@@ -113,9 +113,14 @@ def tokenization_table(texts: TokenTexts, token_ids: list[int]) -> list[PromptTo
     return [PromptToken(token_id, texts.text(token_id)) for token_id in token_ids]
 
 
-_VISIBLE_WHITESPACE = str.maketrans({" ": "␣", "\n": "↵", "\t": "⇥", "\r": "␍"})
+# Control characters become their Unicode "control pictures" (NUL -> ␀, ESC -> ␛), and
+# spaces and line breaks get visible marks.
+_VISIBLE_WHITESPACE = str.maketrans(
+    {**{chr(code): chr(0x2400 + code) for code in range(0x20)}, "\x7f": "␡", " ": "␣", "\n": "↵", "\t": "⇥"}
+)
 
 
 def visible_whitespace(token: str) -> str:
-    """The token with spaces and line breaks drawn, so " of" and "of" look different."""
+    """The token with spaces, line breaks and control characters drawn, so " of" and "of"
+    look different and a NUL byte is seen, not swallowed."""
     return token.translate(_VISIBLE_WHITESPACE)

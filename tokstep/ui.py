@@ -7,6 +7,7 @@ logits). The model itself is shared read-only; its forward passes take turns on 
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -18,7 +19,6 @@ from tokstep.engine import (
     PromptError,
     Step,
     TokenStepper,
-    check_max_new_tokens,
     context_full_message,
 )
 from tokstep.loading import LanguageModel
@@ -30,6 +30,9 @@ TOP_K = 5
 DEFAULT_AUTORUN_TOKENS = 20
 MAX_AUTORUN_TOKENS = 256
 DEFAULT_SPEED = 3.0  # tokens per second: slow enough to read each token as it comes
+MIN_SPEED, MAX_SPEED = 0.5, 20.0
+MAX_PROMPT_CHARS = 100_000  # GPT-2's 1024 tokens are about 4,000 characters of English
+MAX_API_TOKENS = 1024  # /generate's limit for a model with no fixed context length
 PROMPT_COLOR = "#bfdbfe"  # light blue
 GENERATED_COLOR = "#fed7aa"  # light orange
 # A tab closed or idle this long gives its KV cache back (seconds since the last update).
@@ -100,6 +103,14 @@ def highlighted_tokens(stepper: TokenStepper | None) -> gr.HighlightedText:
     return gr.HighlightedText(value=entries, color_map=color_map)
 
 
+def inline_code(text: str) -> str:
+    """`text` as a Markdown code span, whatever backticks it holds (CommonMark's rule)."""
+    if "`" not in text:
+        return f"`{text}`"
+    fence = "`" * (max(len(run) for run in re.findall(r"`+", text)) + 1)
+    return f"{fence} {text} {fence}"
+
+
 def label_key(token_id: int, token: str) -> str:
     """A gr.Label key: the token with visible whitespace and its id (ids keep keys unique)."""
     return f"{visible_whitespace(token)} ({token_id})"
@@ -131,7 +142,7 @@ def render(stepper: TokenStepper | None, note: str = "") -> tuple[Any, ...]:
         top, rest = stepper.next_top(TOP_K)
         best = top[0]
         lines.append(
-            f"Most likely next token: `{visible_whitespace(best.token)}` (id {best.token_id}) "
+            f"Most likely next token: {inline_code(visible_whitespace(best.token))} (id {best.token_id}) "
             f"with {best.prob:.1%}. The other {lm.vocab_size - len(top):,} tokens share {rest:.1%}."
         )
     if note:
@@ -149,16 +160,30 @@ def render(stepper: TokenStepper | None, note: str = "") -> tuple[Any, ...]:
 
 def step_note(step: Step) -> str:
     """What the status says after a step: the chosen token, and why a run stopped."""
-    note = f"Appended `{visible_whitespace(step.token)}` (id {step.token_id}, p = {step.prob:.4f})."
+    note = f"Appended {inline_code(visible_whitespace(step.token))} (id {step.token_id}, p = {step.prob:.4f})."
     if step.stop_reason is not None:
         note += f" **Stopped:** {STOP_REASON_TEXT[step.stop_reason]}."
     return note
 
 
+def new_stepper(lm: LanguageModel, prompt: Any) -> TokenStepper:
+    """A stepper for text typed on the page or sent to the API; PromptError says what is wrong."""
+    if not isinstance(prompt, str):
+        raise PromptError(f"The prompt must be text, got {type(prompt).__name__}.")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        # Refused before tokenizing: a huge paste must not keep the server busy.
+        raise PromptError(
+            f"The prompt is {len(prompt):,} characters long; tokstep takes at most {MAX_PROMPT_CHARS:,} "
+            f"characters, and {lm.name} reads at most {lm.context_length or 'a limited number of'} tokens. "
+            "Use a shorter prompt."
+        )
+    return TokenStepper.from_text(lm, prompt)
+
+
 def start(lm: LanguageModel, prompt: str) -> tuple[Any, ...]:
     """A fresh state for `prompt`; a prompt the model cannot take shows why in the status."""
     try:
-        return render(TokenStepper.from_text(lm, prompt))
+        return render(new_stepper(lm, prompt))
     except PromptError as error:
         return render(None, f"⚠️ {error}")
 
@@ -168,7 +193,7 @@ def _current(lm: LanguageModel, stepper: TokenStepper | None, prompt: str) -> To
     if stepper is not None:
         return stepper
     try:
-        return TokenStepper.from_text(lm, prompt)
+        return new_stepper(lm, prompt)
     except PromptError as error:
         raise gr.Error(str(error), title="Cannot step") from None
 
@@ -186,9 +211,9 @@ def autorun(
     lm: LanguageModel, stepper: TokenStepper | None, prompt: str, n_tokens: float, speed: float
 ) -> Iterator[tuple[Any, ...]]:
     """Append up to n_tokens greedy tokens, one page update each, at `speed` tokens/s."""
+    n_tokens = whole_number(n_tokens, "Tokens to auto-run", 1, MAX_AUTORUN_TOKENS)
+    pause = 1.0 / number(speed, "Speed", MIN_SPEED, MAX_SPEED)
     stepper = _current(lm, stepper, prompt)
-    n_tokens = int(n_tokens) if n_tokens else DEFAULT_AUTORUN_TOKENS
-    pause = 1.0 / speed if speed and speed > 0 else 0.0
     if stepper.room_left is not None and stepper.room_left <= 0:
         gr.Warning(context_full_message(lm))
         yield render(stepper, f"**Stopped:** {STOP_REASON_TEXT['context_full']}.")
@@ -206,27 +231,27 @@ def autorun(
             time.sleep(max(0.0, pause - (time.monotonic() - started)))
 
 
-def api_max_new_tokens(lm: LanguageModel, value: Any) -> int:
-    """Check /generate's max_new_tokens: a whole number from 1 to the model's context."""
-    limit = lm.context_length or 1024
+def whole_number(value: Any, name: str, low: int, high: int) -> int:
+    """`value` as an int in low..high, or a gr.Error that names the argument and the range."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    try:
-        check_max_new_tokens(value)
-    except ValueError:
-        raise gr.Error(f"max_new_tokens must be a whole number from 1 to {limit}, got {value!r}.") from None
-    if not 1 <= value <= limit:
-        raise gr.Error(f"max_new_tokens must be a whole number from 1 to {limit}, got {value}.")
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise gr.Error(f"{name} must be a whole number from {low} to {high}, got {value!r}.")
     return value
+
+
+def number(value: Any, name: str, low: float, high: float) -> float:
+    """`value` as a float in low..high, or a gr.Error that names the argument and the range."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise gr.Error(f"{name} must be a number from {low:g} to {high:g}, got {value!r}.")
+    return float(value)
 
 
 def api_generate(lm: LanguageModel, prompt: Any, max_new_tokens: Any) -> Iterator[dict]:
     """The /generate endpoint: one JSON object per token, at full speed."""
-    if not isinstance(prompt, str):
-        raise gr.Error(f"prompt must be a string, got {type(prompt).__name__}.")
-    max_new_tokens = api_max_new_tokens(lm, max_new_tokens)
+    max_new_tokens = whole_number(max_new_tokens, "max_new_tokens", 1, lm.context_length or MAX_API_TOKENS)
     try:
-        stepper = TokenStepper.from_text(lm, prompt)
+        stepper = new_stepper(lm, prompt)
     except PromptError as error:
         raise gr.Error(str(error)) from None
     for count in range(1, max_new_tokens + 1):
@@ -315,6 +340,8 @@ def create_demo(lm: LanguageModel, *, prompt: str = DEFAULT_PROMPT, notice: str 
             outputs=view,
             api_name="autorun",
             api_visibility="undocumented",
+            # Raw inputs: the checks in `autorun` give a clear message for any value an API sends.
+            preprocess=False,
             concurrency_limit=32,
             show_progress="hidden",
         )
