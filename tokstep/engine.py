@@ -371,7 +371,7 @@ def generate_steps(
     top_k: int = 5,
     sampling: SamplingSettings | None = None,
 ) -> Iterator[Step]:
-    """Generation one Step per token, with the model's top-k at each step: greedy, or seeded
+    """Generate one Step per token, with the model's top-k at each step: greedy, or seeded
     sampling when `sampling` is given.
 
     Stops on the end-of-text token, after `max_new_tokens`, or when the model's context
