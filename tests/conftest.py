@@ -22,12 +22,11 @@ from tokstep.loading import LanguageModel
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-TINY_CONTEXT = 64
+TINY_CONTEXT = 64  # positions of the tiny model: small enough to fill in a test
 CHROMIUM = os.environ.get("TOKSTEP_CHROMIUM", "/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]
-SCREENSHOTS = (
-    ROOT / "test-artifacts" / "screenshots"
-)  # what the browser tests saw  # positions of the tiny model: small enough to fill in a test
+# What the browser tests saw, kept for people to look at.
+SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 
 
 def gpt2_tokenizer_from_package() -> GPT2Tokenizer:

@@ -1,0 +1,108 @@
+"""Stop, a closed tab and a dropped client end a run within one step; other sessions go on."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from contextlib import contextmanager
+
+from conftest import wait_for_count
+from gradio_client import Client
+from test_server import generated_ids, greedy
+
+PROMPT = "Once upon a time"
+SPEED = 5.0  # tokens per second: one step every 0.2 s
+
+
+@contextmanager
+def counting_forward_passes(lm):
+    """Count the model's forward passes (every session's) while the block runs."""
+    counter = {"passes": 0}
+    lock = threading.Lock()
+
+    def count(*_):
+        with lock:
+            counter["passes"] += 1
+
+    hook = lm.model.register_forward_hook(count)
+    try:
+        yield counter
+    finally:
+        hook.remove()
+
+
+def passes_after(counter, seconds: float) -> int:
+    before = counter["passes"]
+    time.sleep(seconds)
+    return counter["passes"] - before
+
+
+def wait_until(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_stop_ends_the_run_within_one_step(server_url, tiny_lm):
+    client = Client(server_url, verbose=False)
+    client.predict(PROMPT, api_name="/reset")
+    with counting_forward_passes(tiny_lm) as counter:
+        job = client.submit(PROMPT, 100, SPEED, api_name="/autorun")
+        wait_until(lambda: len(job.outputs()) >= 2)
+        job.cancel()
+        wait_until(job.done, timeout=5)
+        # At most the step in flight when Stop came; then nothing for several paces.
+        assert passes_after(counter, 0.3) <= 1
+        assert passes_after(counter, 1.0) == 0
+
+
+def test_stopping_one_session_leaves_another_running(server_url, tiny_lm):
+    alice, bob = Client(server_url, verbose=False), Client(server_url, verbose=False)
+    alice.predict(PROMPT, api_name="/reset")
+    bob.predict("The dog", api_name="/reset")
+    alice_job = alice.submit(PROMPT, 12, 10.0, api_name="/autorun")
+    bob_job = bob.submit("The dog", 12, 10.0, api_name="/autorun")
+    wait_until(lambda: len(alice_job.outputs()) >= 2)
+    alice_job.cancel()
+    bob_updates = list(bob_job)
+    assert [generated_ids(view) for view in bob_updates] == [greedy(tiny_lm, "The dog", n) for n in range(1, 13)]
+    assert len(generated_ids(alice_job.outputs()[-1])) < 12
+
+
+def test_closing_the_tab_ends_the_run(browser, server_url, tiny_lm):
+    context = browser.new_context()
+    page = context.new_page()
+    page.goto(server_url)
+    page.wait_for_selector("#tokens .token")
+    n_prompt = page.locator("#tokens .token").count()
+    with counting_forward_passes(tiny_lm) as counter:
+        page.click("#autorun")  # default: 20 tokens at 3 per second
+        wait_for_count(page, n_prompt + 2)
+        context.close()
+        time.sleep(0.6)  # the server notices the closed connection; a step may be in flight
+        assert passes_after(counter, 1.5) == 0
+
+
+def test_a_dropped_client_ends_the_run(server_url, tiny_lm):
+    script = textwrap.dedent(
+        f"""
+        import os
+        from gradio_client import Client
+        client = Client({server_url!r}, verbose=False)
+        client.predict({PROMPT!r}, api_name="/reset")
+        job = client.submit({PROMPT!r}, 100, {SPEED}, api_name="/autorun")
+        for n, _ in enumerate(job, start=1):
+            if n == 2:
+                print("two tokens", flush=True)
+                os._exit(0)  # the process dies: its connections drop without a goodbye
+        """
+    )
+    with counting_forward_passes(tiny_lm) as counter:
+        result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+        assert "two tokens" in result.stdout, result.stderr
+        time.sleep(0.6)
+        assert passes_after(counter, 1.5) == 0
