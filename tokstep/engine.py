@@ -238,7 +238,28 @@ class TokenStepper:
         self._cache = output.cache
         self._cached = len(self.ids)
         self._next_logits = logits
+        self.lm.warm_sequences.touch(self)
         return self._next_logits
+
+    def release(self, blocking: bool = True) -> bool:
+        """Give back the KV cache and next-token logits; ids and steps stay.
+
+        The next step reads the whole sequence again (one prefill). Returns False, without
+        waiting, when `blocking` is False and the sequence is busy in another thread.
+        """
+        if not self._lock.acquire(blocking=blocking):
+            return False
+        try:
+            self._cache, self._cached, self._next_logits = None, 0, None
+            self.lm.warm_sequences.discard(self)
+        finally:
+            self._lock.release()
+        return True
+
+    @property
+    def holds_cache(self) -> bool:
+        """Whether this sequence keeps a KV cache in memory now."""
+        return self._cache is not None
 
     def next_token_probs(self) -> torch.Tensor:
         """The model's distribution for the next token: (vocab,), full softmax."""

@@ -26,6 +26,7 @@ import torch
 from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from tokstep.kv_budget import WarmSet
 from tokstep.tokens import TokenTexts
 
 BUNDLED_MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -56,6 +57,8 @@ class LanguageModel:
     # One forward pass at a time: torch already uses every core for one pass, and two
     # passes in parallel threads fight over the cores and both get much slower.
     forward_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # The sequences (one per tab or API call) that may keep a KV cache in memory at once.
+    warm_sequences: WarmSet = field(default_factory=WarmSet, repr=False)
 
     @property
     def device(self) -> torch.device:

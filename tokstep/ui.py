@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
@@ -78,7 +79,11 @@ JS = """
 """
 
 # What every launch of the page passes to `demo.launch` (Gradio 6 takes css/js there).
-LAUNCH_OPTIONS = {"css": CSS, "js": JS}
+# Gradio keeps each session's state (about 0.1 MB here, plus ours) for an hour after its tab
+# closes, and API clients never say goodbye: past this many sessions the least recently
+# used one is dropped, so memory stays bounded however many visitors come and go.
+MAX_SESSIONS = 500
+LAUNCH_OPTIONS = {"css": CSS, "js": JS, "state_session_capacity": MAX_SESSIONS}
 
 LEGEND = (
     f'<span style="background:{PROMPT_COLOR};color:#111;padding:0 .4em;border-radius:4px">Once 7454</span> '
@@ -271,7 +276,23 @@ def api_generate(lm: LanguageModel, prompt: Any, max_new_tokens: Any) -> Iterato
             return
 
 
-def create_demo(lm: LanguageModel, *, prompt: str = DEFAULT_PROMPT, notice: str | None = None) -> gr.Blocks:
+@dataclass(frozen=True)
+class ServerLimits:
+    """How much work the server takes at once; past `max_queue` waiting events, users are told
+    "Queue is full! Please try again." instead of waiting without end."""
+
+    max_queue: int = 64  # events waiting for a worker, all users together
+    autorun_workers: int = 32  # Auto-runs at once: mostly pausing between tokens, so many fit
+    workers: int = 8  # Steps, resets and /generate calls at once (forward passes take turns anyway)
+
+
+def create_demo(
+    lm: LanguageModel,
+    *,
+    prompt: str = DEFAULT_PROMPT,
+    notice: str | None = None,
+    limits: ServerLimits = ServerLimits(),  # noqa: B008 (frozen, so sharing the default is safe)
+) -> gr.Blocks:
     """The tokstep page for `lm`. `notice` is shown at the top (e.g. why a fallback model runs)."""
     with gr.Blocks(title="tokstep: watch a language model write") as demo:
         gr.Markdown(
@@ -342,7 +363,7 @@ def create_demo(lm: LanguageModel, *, prompt: str = DEFAULT_PROMPT, notice: str 
             api_visibility="undocumented",
             # Raw inputs: the checks in `autorun` give a clear message for any value an API sends.
             preprocess=False,
-            concurrency_limit=32,
+            concurrency_limit=limits.autorun_workers,
             show_progress="hidden",
         )
         step_event = step_button.click(
@@ -375,6 +396,6 @@ def create_demo(lm: LanguageModel, *, prompt: str = DEFAULT_PROMPT, notice: str 
             {text, token_id, token, prob, top: [[token_id, token, prob], ...], rest_prob, position, stop_reason}."""
             yield from api_generate(lm, prompt, max_new_tokens)
 
-        gr.api(generate, api_name="generate", concurrency_limit=8)
-    demo.queue(default_concurrency_limit=8, max_size=64)
+        gr.api(generate, api_name="generate")
+    demo.queue(default_concurrency_limit=limits.workers, max_size=limits.max_queue)
     return demo
