@@ -22,6 +22,9 @@ from tokstep.loading import LanguageModel
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
+# The page's settings as the UI events take them (top-k size, mode, temperature, sample
+# top-k, top-p, seed, colour prompt): API clients must send them all to undocumented events.
+SETTINGS = (5, "Greedy (most likely)", 1.0, 0, 1.0, 0, False)
 TINY_CONTEXT = 64  # positions of the tiny model: small enough to fill in a test
 CHROMIUM = os.environ.get("TOKSTEP_CHROMIUM", "/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]

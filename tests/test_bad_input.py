@@ -5,12 +5,13 @@ from __future__ import annotations
 import time
 
 import pytest
+from conftest import SETTINGS
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 from test_server import STATUS, TEXT, TOKENS, generated_ids, greedy
 
 import tokstep
-from tokstep.ui import MAX_PROMPT_CHARS
+from tokstep.api import MAX_PROMPT_CHARS
 
 PROMPT = "Once upon a time"
 
@@ -34,7 +35,7 @@ def assert_still_serving(client: Client) -> None:
 
 @pytest.mark.parametrize("prompt", ["", " ", "\n\t  \n"])
 def test_empty_or_blank_prompt(client, prompt):
-    assert "prompt is empty" in client.predict(prompt, api_name="/reset")[STATUS]
+    assert "prompt is empty" in client.predict(prompt, *SETTINGS, api_name="/reset")[STATUS]
     with pytest.raises(AppError, match="prompt is empty"):
         client.predict(prompt, 5, api_name="/generate")
     assert_still_serving(client)
@@ -44,7 +45,7 @@ def test_a_200000_character_prompt_is_refused_quickly(client):
     huge = "All work and no play makes Jack a dull boy. " * 4546  # 200,024 characters
     assert len(huge) > 200_000
     started = time.monotonic()
-    view = client.predict(huge, api_name="/reset")
+    view = client.predict(huge, *SETTINGS, api_name="/reset")
     assert f"at most {MAX_PROMPT_CHARS:,} characters" in view[STATUS]
     with pytest.raises(AppError, match="characters long"):
         client.predict(huge, 5, api_name="/generate")
@@ -54,7 +55,7 @@ def test_a_200000_character_prompt_is_refused_quickly(client):
 
 def test_more_tokens_than_the_context_says_how_many_fit(client, tiny_lm):
     prompt = " cat" * (tiny_lm.context_length * 2)
-    view = client.predict(prompt, api_name="/reset")
+    view = client.predict(prompt, *SETTINGS, api_name="/reset")
     assert f"at most {tiny_lm.context_length - 1} tokens" in view[STATUS]
     with pytest.raises(AppError, match=f"is {tiny_lm.context_length * 2} tokens"):
         client.predict(prompt, 5, api_name="/generate")
@@ -64,12 +65,12 @@ def test_more_tokens_than_the_context_says_how_many_fit(client, tiny_lm):
 def test_unusual_text_is_stepped_and_shown_honestly(client, tiny_lm, kind):
     prompt = UNUSUAL_TEXT[kind]
     ids = tokstep.tokenize(tiny_lm.tokenizer, prompt)
-    view = client.predict(prompt, api_name="/reset")
+    view = client.predict(prompt, *SETTINGS, api_name="/reset")
     entries = view[TOKENS]["value"]
-    assert [int(e["class_or_confidence"]) for e in entries] == ids
+    assert [int(e["class_or_confidence"].split()[0]) for e in entries] == ids
     assert all("\ufffd" not in e["token"] for e in entries), "partial characters are shown as bytes"
     assert view[TEXT] == prompt
-    view = client.predict(prompt, api_name="/step")
+    view = client.predict(prompt, *SETTINGS, api_name="/step")
     assert generated_ids(view) == greedy(tiny_lm, prompt, 1)
     updates = list(client.submit(prompt, 3, api_name="/generate"))
     assert [u["token_id"] for u in updates] == greedy(tiny_lm, prompt, 3)
@@ -77,7 +78,7 @@ def test_unusual_text_is_stepped_and_shown_honestly(client, tiny_lm, kind):
 
 
 def test_control_characters_are_drawn_not_swallowed(client):
-    view = client.predict("a\x00b", api_name="/reset")
+    view = client.predict("a\x00b", *SETTINGS, api_name="/reset")
     shown = "".join(e["token"] for e in view[TOKENS]["value"])
     assert "␀" in shown
 
@@ -93,15 +94,15 @@ def test_control_characters_are_drawn_not_swallowed(client):
     ],
 )
 def test_bad_autorun_settings_keep_the_text(client, tiny_lm, n_tokens, speed, message):
-    client.predict(PROMPT, api_name="/reset")
-    client.predict(PROMPT, api_name="/step")
-    client.predict(PROMPT, api_name="/step")
+    client.predict(PROMPT, *SETTINGS, api_name="/reset")
+    client.predict(PROMPT, *SETTINGS, api_name="/step")
+    client.predict(PROMPT, *SETTINGS, api_name="/step")
     with pytest.raises(AppError, match=message):
-        client.submit(PROMPT, n_tokens, speed, api_name="/autorun").result()
-    view = client.predict(PROMPT, api_name="/step")  # the two tokens are still there
+        client.submit(PROMPT, n_tokens, speed, *SETTINGS, api_name="/autorun").result()
+    view = client.predict(PROMPT, *SETTINGS, api_name="/step")  # the two tokens are still there
     assert generated_ids(view) == greedy(tiny_lm, PROMPT, 3)
 
 
 def test_a_token_with_backticks_does_not_break_the_status(client):
-    view = client.predict("Say ``` and `", api_name="/reset")
+    view = client.predict("Say ``` and `", *SETTINGS, api_name="/reset")
     assert "prompt tokens" in view[STATUS]

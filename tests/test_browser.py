@@ -21,7 +21,7 @@ def test_step_autorun_stop_reset_in_a_real_browser(page, tiny_lm):
 
     page.click("#step")
     labels = wait_for_count(page, len(prompt_ids) + 1)
-    assert labels[-1] == f"+{greedy[0]}"  # exactly one token, the greedy one, marked as generated
+    assert labels[-1] == f"+{greedy[0]} · #1"  # exactly one token, the greedy one (rank 1), marked +
     page.wait_for_function(
         "h => document.querySelector(\"#topk [data-testid='label-output-value']\").innerText !== h", arg=first_heading
     )
@@ -45,7 +45,7 @@ def test_step_autorun_stop_reset_in_a_real_browser(page, tiny_lm):
     time.sleep(1.2)  # the default pace is 3 tokens/s: a run still going would add more
     labels = token_labels(page)
     assert len(labels) == stopped_at < len(prompt_ids) + 20
-    assert labels[len(prompt_ids) :] == [f"+{i}" for i in greedy[: stopped_at - len(prompt_ids)]]
+    assert labels[len(prompt_ids) :] == [f"+{i} · #1" for i in greedy[: stopped_at - len(prompt_ids)]]
     page.screenshot(path=str(SCREENSHOTS / "after-stop.png"), full_page=True)
 
     page.click("#reset")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+from conftest import SETTINGS
 from gradio_client import Client
 from test_server import generated_ids, greedy, prompt_ids
 
@@ -16,9 +17,9 @@ PROMPTS = [f"Story number {i}: the {word}" for i, word in enumerate(["cat", "dog
 def test_thirty_concurrent_sessions_each_get_their_own_tokens(server_url, tiny_lm):
     def session(prompt: str) -> tuple[list[int], list[int], list[int], list[int]]:
         client = Client(server_url, verbose=False)
-        client.predict(prompt, api_name="/reset")
-        client.predict(prompt, api_name="/step")
-        last = list(client.submit(prompt, 4, 20.0, api_name="/autorun"))[-1]
+        client.predict(prompt, *SETTINGS, api_name="/reset")
+        client.predict(prompt, *SETTINGS, api_name="/step")
+        last = list(client.submit(prompt, 4, 20.0, *SETTINGS, api_name="/autorun"))[-1]
         streamed = [u["token_id"] for u in client.submit(prompt, 5, api_name="/generate")]
         return prompt_ids(last), generated_ids(last), streamed, [len(generated_ids(last))]
 

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import SETTINGS, free_port
 from gradio_client import Client
 
 from tokstep.kv_budget import DEFAULT_WARM_SEQUENCES
@@ -35,7 +35,7 @@ def test_500_sessions_leave_memory_bounded(tiny_lm):
 
         def short_session() -> None:
             client.reset_session()  # a new session id, as a new browser tab gets
-            client.predict(PROMPT, api_name="/reset")  # tokens, KV cache and next-token logits
+            client.predict(PROMPT, *SETTINGS, api_name="/reset")  # tokens, KV cache and next-token logits
 
         # The first sessions fill the session store and warm the allocator up (measured here:
         # +16 MiB from session 100 to 200, then about 1 MiB per 100 sessions).

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import free_port
+from conftest import SETTINGS, free_port
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
@@ -28,10 +28,10 @@ def small_server(tiny_lm):
 def test_past_the_queue_bound_users_hear_busy_try_again(small_server):
     clients = [Client(small_server, verbose=False) for _ in range(6)]
     for client in clients:
-        client.predict(PROMPT, api_name="/reset")
+        client.predict(PROMPT, *SETTINGS, api_name="/reset")
     jobs = []
     for client in clients:
-        jobs.append(client.submit(PROMPT, 6, 10.0, api_name="/autorun"))
+        jobs.append(client.submit(PROMPT, 6, 10.0, *SETTINGS, api_name="/autorun"))
         time.sleep(0.15)  # arrive in order: the first runs, the next two wait
     outcomes = []
     for job in jobs:

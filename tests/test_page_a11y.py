@@ -7,7 +7,7 @@ import time
 import pytest
 from conftest import SCREENSHOTS, token_labels, wait_for_count
 
-MAIN_BUTTONS = ["Step", "Auto-run", "Stop", "Reset"]
+MAIN_BUTTONS = ["Step", "Auto-run", "Stop", "Undo", "Reset"]
 
 # Colours of an element's text and of everything behind it, innermost first, as RGBA.
 COLOURS_JS = """
@@ -44,8 +44,8 @@ def composite(layers, page_background) -> tuple[float, float, float]:
     return colour
 
 
-def contrast(page, selector: str) -> float:
-    colours = page.locator(selector).first.evaluate(COLOURS_JS)
+def contrast(page, selector: str, nth: int = 0) -> float:
+    colours = page.locator(selector).nth(nth).evaluate(COLOURS_JS)
     dark = page.evaluate("document.body.classList.contains('dark')")
     background = composite(colours["layers"], (11, 15, 25) if dark else (255, 255, 255))
     text = composite([colours["text"]], background)
@@ -81,7 +81,7 @@ def test_every_main_control_is_reachable_and_usable_by_keyboard(page):
     for _ in range(12):
         page.keyboard.press("Tab")
         reached.append(page.evaluate("document.activeElement.getAttribute('aria-label') || document.activeElement.id"))
-    for element_id in ["step", "autorun", "stop", "reset"]:
+    for element_id in ["step", "autorun", "stop", "undo", "reset"]:
         assert element_id in reached
     assert "range slider for Tokens to auto-run" in reached
 
@@ -118,11 +118,14 @@ def test_text_contrast_meets_wcag_aa_in_both_themes(browser, server_url, theme):
             "#step",
             "#autorun",
             "#stop",
+            "#undo",
             "#reset",
-            "#legend span",
         ]:
             ratio = contrast(page, selector)
             assert ratio >= 4.5, f"{selector} has contrast {ratio:.2f} in the {theme} theme"
+        for nth in range(page.locator("#legend .chip").count()):  # every colour of the legend
+            ratio = contrast(page, "#legend .chip", nth)
+            assert ratio >= 4.5, f"legend chip {nth} has contrast {ratio:.2f} in the {theme} theme"
         page.screenshot(path=str(SCREENSHOTS / f"desktop-{theme}.png"), full_page=True)
     finally:
         context.close()
@@ -148,7 +151,7 @@ def test_phone_layout_has_no_sideways_scroll_and_touch_sized_buttons(browser, se
         time.sleep(1.0)
         step_times(page, 3)
         assert page.evaluate("document.documentElement.scrollWidth <= document.documentElement.clientWidth")
-        for element_id in ["step", "autorun", "stop", "reset"]:
+        for element_id in ["step", "autorun", "stop", "undo", "reset"]:
             box = page.locator(f"#{element_id}").bounding_box()
             assert box["height"] >= 44, f"#{element_id} is {box['height']} px tall"
             assert box["x"] >= 0 and box["x"] + box["width"] <= 390

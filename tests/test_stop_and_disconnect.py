@@ -9,7 +9,7 @@ import threading
 import time
 from contextlib import contextmanager
 
-from conftest import wait_for_count
+from conftest import SETTINGS, wait_for_count
 from gradio_client import Client
 from test_server import generated_ids, greedy
 
@@ -49,9 +49,9 @@ def wait_until(condition, timeout: float = 20.0) -> None:
 
 def test_stop_ends_the_run_within_one_step(server_url, tiny_lm):
     client = Client(server_url, verbose=False)
-    client.predict(PROMPT, api_name="/reset")
+    client.predict(PROMPT, *SETTINGS, api_name="/reset")
     with counting_forward_passes(tiny_lm) as counter:
-        job = client.submit(PROMPT, 100, SPEED, api_name="/autorun")
+        job = client.submit(PROMPT, 100, SPEED, *SETTINGS, api_name="/autorun")
         wait_until(lambda: len(job.outputs()) >= 2)
         job.cancel()
         wait_until(job.done, timeout=5)
@@ -62,10 +62,10 @@ def test_stop_ends_the_run_within_one_step(server_url, tiny_lm):
 
 def test_stopping_one_session_leaves_another_running(server_url, tiny_lm):
     alice, bob = Client(server_url, verbose=False), Client(server_url, verbose=False)
-    alice.predict(PROMPT, api_name="/reset")
-    bob.predict("The dog", api_name="/reset")
-    alice_job = alice.submit(PROMPT, 12, 10.0, api_name="/autorun")
-    bob_job = bob.submit("The dog", 12, 10.0, api_name="/autorun")
+    alice.predict(PROMPT, *SETTINGS, api_name="/reset")
+    bob.predict("The dog", *SETTINGS, api_name="/reset")
+    alice_job = alice.submit(PROMPT, 12, 10.0, *SETTINGS, api_name="/autorun")
+    bob_job = bob.submit("The dog", 12, 10.0, *SETTINGS, api_name="/autorun")
     wait_until(lambda: len(alice_job.outputs()) >= 2)
     alice_job.cancel()
     bob_updates = list(bob_job)
@@ -93,8 +93,8 @@ def test_a_dropped_client_ends_the_run(server_url, tiny_lm):
         import os
         from gradio_client import Client
         client = Client({server_url!r}, verbose=False)
-        client.predict({PROMPT!r}, api_name="/reset")
-        job = client.submit({PROMPT!r}, 100, {SPEED}, api_name="/autorun")
+        client.predict({PROMPT!r}, *{SETTINGS!r}, api_name="/reset")
+        job = client.submit({PROMPT!r}, 100, {SPEED}, *{SETTINGS!r}, api_name="/autorun")
         for n, _ in enumerate(job, start=1):
             if n == 2:
                 print("two tokens", flush=True)

@@ -50,7 +50,11 @@ def run_script(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[
     env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.run(
         [sys.executable, str(SCRIPT), *args],
-        capture_output=True, text=True, timeout=timeout, env=env, check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        check=False,
     )
 
 
@@ -78,7 +82,11 @@ def load_cleanly(folder: Path) -> str:
     env = {**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     result = subprocess.run(
         [sys.executable, "-W", "error", "-c", code, str(folder)],
-        capture_output=True, text=True, timeout=120, env=env, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     return result.stderr
@@ -94,16 +102,46 @@ def test_help_says_where_to_get_tinystories() -> None:
 def test_smoke_training_run_writes_a_loadable_folder(tmp_path: Path) -> None:
     out = tmp_path / "model"
     result = run_script(
-        "train", "--corpus", str(CORPUS), "--out", str(out),
-        "--limit-chars", "60000", "--vocab-size", "400",
-        "--n-layer", "1", "--n-head", "2", "--n-embd", "32", "--context", "64",
-        "--batch-size", "4", "--steps", "6", "--warmup", "2", "--threads", "1",
-        "--checkpoint-every", "3", "--eval-limit-chars", "8000",
+        "train",
+        "--corpus",
+        str(CORPUS),
+        "--out",
+        str(out),
+        "--limit-chars",
+        "60000",
+        "--vocab-size",
+        "400",
+        "--n-layer",
+        "1",
+        "--n-head",
+        "2",
+        "--n-embd",
+        "32",
+        "--context",
+        "64",
+        "--batch-size",
+        "4",
+        "--steps",
+        "6",
+        "--warmup",
+        "2",
+        "--threads",
+        "1",
+        "--checkpoint-every",
+        "3",
+        "--eval-limit-chars",
+        "8000",
     )
     assert result.returncode == 0, result.stderr
 
-    for name in ("config.json", "model.safetensors", "tokenizer.json",
-                 "tokenizer_config.json", "generation_config.json", "README.md"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "README.md",
+    ):
         assert (out / name).is_file(), name
     assert not (out / "checkpoint.json").exists()  # removed once training finished
 
@@ -119,8 +157,9 @@ def test_smoke_training_run_writes_a_loadable_folder(tmp_path: Path) -> None:
     assert model.config.n_layer == 1 and model.config.n_embd == 32
 
     # The eval command reproduces the model card's figure, digit for digit.
-    result = run_script("eval", "--model", str(out), "--corpus", str(CORPUS),
-                        "--threads", "1", "--eval-limit-chars", "8000")
+    result = run_script(
+        "eval", "--model", str(out), "--corpus", str(CORPUS), "--threads", "1", "--eval-limit-chars", "8000"
+    )
     assert result.returncode == 0, result.stderr
     bpc = re.search(r"valid BPC (\S+)", result.stdout).group(1)
     assert math.isfinite(float(bpc)) and 0 < float(bpc) < 8.5  # a byte costs <= 8 bits when learned
@@ -155,9 +194,7 @@ def test_eval_scores_every_story_token_once() -> None:
         torch.testing.assert_close(losses[:31].float(), full, rtol=1e-5, atol=1e-5)
     # A context as long as the story needs no window at all.
     short = ids[:20]
-    torch.testing.assert_close(
-        train_tiny.story_token_losses(model, short, 16).float(), full[:19], rtol=1e-5, atol=1e-5
-    )
+    torch.testing.assert_close(train_tiny.story_token_losses(model, short, 16).float(), full[:19], rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------
@@ -191,11 +228,11 @@ def test_shipped_model_writes_english() -> None:
     inputs = tok("Once upon a time", return_tensors="pt")
     with torch.no_grad():
         out = model.generate(**inputs, do_sample=False, max_new_tokens=60)  # (1, T)
-    text = tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    text = tok.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
     words = words_of(text)
     assert len(words) >= 15, text
     common = sum(w in COMMON_WORDS for w in words) / len(words)
-    assert common >= 0.4, f"only {common:.0%} common English words in: {text!r}"
+    assert common >= 0.5, f"only {common:.0%} common English words in: {text!r}"
     if (CORPUS / "train-1.txt").is_file():
         known = set(words_of((CORPUS / "train-1.txt").read_text(encoding="utf-8")))
         known |= set(words_of((CORPUS / "train-2.txt").read_text(encoding="utf-8")))

@@ -188,6 +188,7 @@ class TokenStepper:
         self._next_logits: torch.Tensor | None = None  # (vocab,), after ids[:_cached]
         self._next_forward_ms = 0.0  # wall time of the pass that gave _next_logits
         self._lock = threading.Lock()  # one step at a time per sequence
+        self._prompt_scores: list[TokenScore] | None = None
 
     @classmethod
     def from_text(cls, lm: LanguageModel, prompt: str) -> TokenStepper:
@@ -260,6 +261,17 @@ class TokenStepper:
     def holds_cache(self) -> bool:
         """Whether this sequence keeps a KV cache in memory now."""
         return self._cache is not None
+
+    def next_token_logits(self) -> torch.Tensor:
+        """The model's logits for the next token: (vocab,). Sampling filters start from these."""
+        with self._lock:
+            return self._forward_pending()
+
+    def prompt_scores(self) -> list[TokenScore]:
+        """How likely the model found each prompt token (computed once: the prompt never changes)."""
+        if self._prompt_scores is None:
+            self._prompt_scores = score_prompt(self.lm, self.ids[: self.prompt_length])
+        return self._prompt_scores
 
     def next_token_probs(self) -> torch.Tensor:
         """The model's distribution for the next token: (vocab,), full softmax."""
