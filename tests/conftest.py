@@ -69,7 +69,7 @@ def tiny_lm(tiny_model_dir: Path) -> LanguageModel:
 
 
 def token_labels(page) -> list[str]:
-    return page.locator("#tokens .token .label").all_inner_texts()
+    return page.locator("#tokens .token .label").all_text_contents()
 
 
 def wait_for_count(page, count: int, timeout: float = 15) -> list[str]:

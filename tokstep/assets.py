@@ -20,6 +20,7 @@ RANK_COLORS = {  # how likely the model found a token: its rank in the distribut
 CSS = """
 #tokens .textfield { line-height: 2.2; }
 #tokens .token .text, #tokens .token .label { color: #111 !important; }
+#tokens .token .label { text-transform: none !important; }
 #status p { margin: 0.25em 0; }
 #step, #autorun, #stop, #reset, #undo, .gallery-item, .example { min-height: 44px; }
 #legend .chip { color: #111; padding: 0 .4em; border-radius: 4px; white-space: nowrap; }
