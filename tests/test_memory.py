@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SETTINGS, free_port
+from conftest import SETTINGS, serving
 from gradio_client import Client
 
 from tokstep.kv_budget import DEFAULT_WARM_SEQUENCES
-from tokstep.ui import LAUNCH_OPTIONS, create_demo
+from tokstep.ui import create_demo
 
 PROMPT = "Once upon a time"
 SESSION_CAPACITY = 100  # smaller than the app's, so that 500 sessions go well past it
@@ -28,10 +28,8 @@ def rss_mib() -> float:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
 def test_500_sessions_leave_memory_bounded(tiny_lm):
     demo = create_demo(tiny_lm)
-    options = {**LAUNCH_OPTIONS, "state_session_capacity": SESSION_CAPACITY}
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True, **options)
-    try:
-        client = Client(demo.local_url, verbose=False)
+    with serving(demo, state_session_capacity=SESSION_CAPACITY) as url:
+        client = Client(url, verbose=False)
 
         def short_session() -> None:
             client.reset_session()  # a new session id, as a new browser tab gets
@@ -53,5 +51,3 @@ def test_500_sessions_leave_memory_bounded(tiny_lm):
         assert len(tiny_lm.warm_sequences) <= DEFAULT_WARM_SEQUENCES
         # Unbounded, 300 more sessions would hold about 30 MiB of Gradio state and 60 MiB of logits.
         assert after - before < 15, f"memory grew by {after - before:.1f} MiB over {500 - WARM_UP} sessions"
-    finally:
-        demo.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
-from conftest import SETTINGS, free_port
+from conftest import SETTINGS, serving
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
@@ -18,11 +18,8 @@ PROMPT = "Once upon a time"
 def small_server(tiny_lm):
     """A server that runs one Auto-run at a time and lets two more wait."""
     demo = create_demo(tiny_lm, limits=ServerLimits(max_queue=2, autorun_workers=1, workers=1))
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True)
-    try:
-        yield demo.local_url
-    finally:
-        demo.close()
+    with serving(demo) as url:
+        yield url
 
 
 def test_past_the_queue_bound_users_hear_busy_try_again(small_server):
