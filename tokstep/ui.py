@@ -5,22 +5,33 @@ Per-user state is one `TokenStepper` in a `gr.State` (token ids, steps, KV cache
 model itself is shared read-only; its forward passes take turns on a lock (see
 `LanguageModel.forward_lock`), while Auto-run's pauses between tokens overlap freely.
 Every event takes its inputs raw (`preprocess=False`) and checks them itself, so any value
-an API client sends gets a clear message.
+an API client sends gets a clear message. The one exception is loading a run file: Gradio's
+preprocessing is what makes sure the path it gets is a file the visitor uploaded.
+
+For teachers: the page opens a preset from its URL (`?prompt=...&steps=N`, see
+tokstep.presets), "Copy link" gives the link to the current state, and a run exports to and
+loads from a JSON file (tokstep.runs).
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from tokstep.api import generate_updates, new_stepper, number, sampling_settings, whole_number
-from tokstep.assets import JS, LAUNCH_OPTIONS
+from tokstep.assets import JS
+from tokstep.assets import LAUNCH_OPTIONS as PAGE_OPTIONS
 from tokstep.engine import STOP_REASON_TEXT, PromptError, TokenStepper, context_full_message
 from tokstep.loading import LanguageModel
+from tokstep.presets import apply_preset, has_preset, link_reproduces, parse_preset, preset_query
+from tokstep.runs import MAX_RUN_BYTES, RunFileError, dumps_run, export_run, read_run_file, restore_run
+from tokstep.sampling import SamplingSettings
 from tokstep.views import LEGEND, ViewSettings, render, step_note, token_id_of_label_key
 
 __all__ = ["JS", "LAUNCH_OPTIONS", "ServerLimits", "create_demo"]
@@ -35,6 +46,24 @@ MIN_SPEED, MAX_SPEED = 0.5, 20.0
 GREEDY, SAMPLE = "Greedy (most likely)", "Sample (seeded)"
 # A tab closed or idle this long drops its state (seconds since the last update).
 STATE_TTL_S = 3600
+# The sampling sliders' ranges: a link or file may only set what the page can show.
+TEMPERATURE_RANGE, SAMPLE_TOP_K_MAX, TOP_P_MIN = (0.1, 2.0), 100, 0.05
+# Uploads past this are refused by Gradio before they reach tokstep; a little above what a
+# run file may be, so a file just over the limit still gets tokstep's own message.
+LAUNCH_OPTIONS = {**PAGE_OPTIONS, "max_file_size": MAX_RUN_BYTES + 1_000_000}
+EXPORT_TTL_S = 600  # exported files are copied to Gradio's cache at once; ours can go soon after
+
+# "Copy link": the server sends the query ("?prompt=..."); the browser makes it a full link to
+# the demo (its root, also inside an iframe or a <gradio-app>) and copies it where allowed.
+COPY_LINK_JS = """
+(query) => {
+  if (!query) { return query; }
+  const root = (window.gradio_config && window.gradio_config.root) || (location.origin + location.pathname);
+  const url = root.replace(/\\/?$/, "/") + query;
+  try { navigator.clipboard.writeText(url).catch(() => {}); } catch (error) { /* no clipboard here */ }
+  return url;
+}
+"""
 
 
 @dataclass(frozen=True)
@@ -115,6 +144,63 @@ def undo(stepper: TokenStepper, settings: ViewSettings) -> tuple[Any, ...]:
     return render(stepper, settings, f"Took back `{step.token_id}`.")
 
 
+def sampling_fits_page(sampling: SamplingSettings | None) -> str | None:
+    """None when the page's sliders can show `sampling`; otherwise a sentence saying why not."""
+    if sampling is None:
+        return None
+    low, high = TEMPERATURE_RANGE
+    if not low <= sampling.temperature <= high:
+        return f"the page's temperature goes from {low:g} to {high:g}, not {sampling.temperature:g}"
+    if sampling.top_k > SAMPLE_TOP_K_MAX:
+        return f"the page samples from at most the top {SAMPLE_TOP_K_MAX}, not {sampling.top_k}"
+    if sampling.top_p < TOP_P_MIN:
+        return f"the page's top-p is at least {TOP_P_MIN:g}, not {sampling.top_p:g}"
+    return None
+
+
+def sampling_values(sampling: SamplingSettings | None) -> tuple[Any, ...]:
+    """Values for the mode, temperature, sample top-k, top-p and seed controls (skip: unchanged)."""
+    if sampling is None:
+        return (GREEDY, gr.skip(), gr.skip(), gr.skip(), gr.skip())
+    return (SAMPLE, sampling.temperature, sampling.top_k, sampling.top_p, sampling.seed)
+
+
+def open_preset(
+    lm: LanguageModel, params: dict[str, str], prompt: Any, settings: ViewSettings
+) -> tuple[tuple[Any, ...], str | None, SamplingSettings | None]:
+    """The view for a page opened with a preset link, the prompt to show, and the sampling to set."""
+    preset = parse_preset(params)
+    problems = []
+    if (why := sampling_fits_page(preset.sampling)) is not None:
+        problems.append(f"{why}; stepping greedily")
+        preset = replace(preset, sampling=None)
+    default = prompt if isinstance(prompt, str) else DEFAULT_PROMPT
+    stepper, more = apply_preset(lm, preset, default, settings.top_k)
+    problems = [*more, *problems]
+    chosen = replace(settings, sampling=preset.sampling)
+    how = "sampled with the link's seed" if preset.sampling else "the most likely each time"
+    note = f"Opened from a link: {len(stepper.steps)} tokens generated ({how})." if stepper else ""
+    if problems:
+        message = "The link has a problem: " + "; ".join(problems) + "."
+        gr.Warning(message)
+        note = f"⚠️ {message} {note}".strip()
+    if stepper is None:
+        return render(None, chosen, note), None, None
+    return render(stepper, chosen, note), stepper.prompt_text, preset.sampling
+
+
+def write_export(folder: Path, run: dict) -> str:
+    """Write a run file into `folder` (clearing out old ones) and return its path."""
+    now = time.time()
+    for old in folder.glob("*/tokstep-run.json"):
+        if now - old.stat().st_mtime > EXPORT_TTL_S:
+            old.unlink(missing_ok=True)
+            old.parent.rmdir()
+    path = Path(tempfile.mkdtemp(dir=folder)) / "tokstep-run.json"  # one folder each: the name stays simple
+    path.write_text(dumps_run(run), encoding="utf-8")
+    return str(path)
+
+
 def create_demo(
     lm: LanguageModel,
     *,
@@ -155,6 +241,18 @@ def create_demo(
         topk = gr.Label(label="Next token: the model's top candidates (click one to take it)", elem_id="topk")
         status = gr.Markdown(elem_id="status")
         text_box = gr.Textbox(label="Text so far", interactive=False, lines=3, elem_id="text")
+        with gr.Row(elem_id="share"):
+            copy_link = gr.Button("Copy link", elem_id="copy-link")
+            export_button = gr.Button("Export run (JSON)", elem_id="export")
+            import_button = gr.UploadButton(
+                "Load a run", elem_id="import", file_types=[".json"], type="filepath", file_count="single"
+            )
+        with gr.Row():
+            link_box = gr.Textbox(
+                label="Link to this state (prompt, tokens so far, settings)", interactive=False,
+                buttons=["copy"], elem_id="link",
+            )  # fmt: skip
+            export_file = gr.File(label="Run file", interactive=False, elem_id="export-file")
         with gr.Accordion("Choosing: greedy or sampling, top-k size", open=False, elem_id="choosing"):
             with gr.Row():
                 mode = gr.Radio([GREEDY, SAMPLE], value=GREEDY, label="How Step and Auto-run choose", elem_id="mode")
@@ -180,6 +278,8 @@ def create_demo(
         state = gr.State(None, time_to_live=STATE_TTL_S)
         view = [state, tokens, topk, status, token_table, topk_table, text_box]
         settings = [top_k_size, mode, temperature, sample_top_k, top_p, seed, score_box]
+        sampling_controls = [mode, temperature, sample_top_k, top_p, seed]
+        export_folder = Path(tempfile.mkdtemp(prefix="tokstep-exports-"))
         raw = {"preprocess": False, "show_progress": "hidden"}
 
         def on_start(text: Any, *values: Any) -> tuple[Any, ...]:
@@ -199,6 +299,62 @@ def create_demo(
 
         def on_undo(stepper: TokenStepper | None, text: Any, *values: Any) -> tuple[Any, ...]:
             return undo(current(lm, stepper, text), read_settings(*values))
+
+        def on_edit(stepper: TokenStepper | None, text: Any, *values: Any) -> tuple[Any, ...]:
+            # A link or a run file set the prompt together with its state: nothing to redo.
+            if stepper is not None and stepper.prompt_text == text:
+                return tuple(gr.skip() for _ in view)
+            return start(lm, text, read_settings(*values))
+
+        def on_load(request: gr.Request, text: Any, *values: Any) -> tuple[Any, ...]:
+            chosen = read_settings(*values)
+            params = dict(request.query_params) if request is not None else {}
+            if not has_preset(params):
+                return (*start(lm, text, chosen), gr.skip(), *(gr.skip() for _ in sampling_controls))
+            shown, prompt_text, sampling = open_preset(lm, params, text, chosen)
+            new_prompt = prompt_text if prompt_text is not None and prompt_text != text else gr.skip()
+            controls = sampling_values(sampling) if sampling else (gr.skip(),) * len(sampling_controls)
+            return (*shown, new_prompt, *controls)
+
+        def on_link(stepper: TokenStepper | None, text: Any, *values: Any) -> str:
+            chosen = read_settings(*values)
+            stepper = current(lm, stepper, text)
+            if not link_reproduces(stepper, chosen.sampling):
+                gr.Warning(
+                    "This link gives the prompt and the number of tokens, stepped with the current settings: "
+                    "tokens you picked by hand or stepped with other settings may come out differently. "
+                    "Export the run to keep them exactly."
+                )
+            return preset_query(stepper, chosen.sampling)
+
+        def on_export(stepper: TokenStepper | None, text: Any, *values: Any) -> str:
+            chosen = read_settings(*values)
+            run = export_run(current(lm, stepper, text), chosen.top_k, chosen.sampling, chosen.score_prompt)
+            return write_export(export_folder, run)
+
+        def on_import(path: Any, text: Any) -> tuple[Any, ...]:
+            # The file sets every setting, so the page's own are not read.
+            if not isinstance(path, str):
+                raise gr.Error("No file came with the upload.", title="Cannot load the run")
+            try:
+                restored = restore_run(lm, read_run_file(path), MAX_TOP_K)
+            except RunFileError as error:
+                # gr.Error changes no output: the tokens and settings on the page stay as they were.
+                raise gr.Error(f"{error} Nothing on the page was changed.", title="Cannot load the run") from None
+            warnings = list(restored.warnings)
+            sampling = restored.sampling
+            if (why := sampling_fits_page(sampling)) is not None:
+                warnings.append(f"The file's sampling settings do not fit the page ({why}); the page steps greedily.")
+                sampling = None
+            for warning in warnings:
+                gr.Warning(warning)
+            settings_now = ViewSettings(restored.top_k, sampling, restored.score_prompt)
+            note = f"Loaded a run: {len(restored.stepper.steps)} generated tokens." + "".join(
+                f" ⚠️ {warning}" for warning in warnings
+            )
+            shown = render(restored.stepper, settings_now, note)
+            new_prompt = restored.stepper.prompt_text if restored.stepper.prompt_text != text else gr.skip()
+            return (*shown, new_prompt, restored.top_k, *sampling_values(sampling), restored.score_prompt)
 
         def on_view(stepper: TokenStepper | None, text: Any, *values: Any) -> tuple[Any, ...]:
             chosen = read_settings(*values)
@@ -243,12 +399,35 @@ def create_demo(
             [control.change for control in settings], on_view, inputs=[state, prompt_box, *settings], outputs=view,
             api_name="view", api_visibility="undocumented", trigger_mode="always_last", **raw,
         )  # fmt: skip
-        # Editing the prompt, Reset and the page's first load all start over from the prompt;
-        # each also stops a running Auto-run or Step, which would otherwise write the old text back.
-        gr.on(
-            [prompt_box.change, reset_button.click, demo.load], on_start, inputs=[prompt_box, *settings], outputs=view,
+        # Editing the prompt and Reset start over from the prompt; each also stops a running
+        # Auto-run or Step, which would otherwise write the old text back.
+        reset_button.click(
+            on_start, inputs=[prompt_box, *settings], outputs=view,
             api_name="reset", api_visibility="undocumented", cancels=[autorun_event, step_event],
             trigger_mode="always_last", **raw,
+        )  # fmt: skip
+        prompt_box.change(
+            on_edit, inputs=[state, prompt_box, *settings], outputs=view, api_visibility="private",
+            cancels=[autorun_event, step_event], trigger_mode="always_last", **raw,
+        )  # fmt: skip
+        # The first load starts from the prompt box, or from the preset in the page's URL.
+        demo.load(
+            on_load, inputs=[prompt_box, *settings], outputs=[*view, prompt_box, *sampling_controls],
+            api_visibility="private", **raw,
+        )  # fmt: skip
+        copy_link.click(
+            on_link, inputs=[state, prompt_box, *settings], outputs=link_box,
+            api_name="link", api_visibility="undocumented", **raw,
+        ).then(None, inputs=link_box, outputs=link_box, js=COPY_LINK_JS)  # fmt: skip
+        export_button.click(
+            on_export, inputs=[state, prompt_box, *settings], outputs=export_file,
+            api_name="export", api_visibility="undocumented", **raw,
+        )  # fmt: skip
+        # Preprocessed (unlike the other events) so the path is checked to be an upload.
+        import_button.upload(
+            on_import, inputs=[import_button, prompt_box],
+            outputs=[*view, prompt_box, *settings], api_name="import", api_visibility="undocumented",
+            cancels=[autorun_event, step_event], show_progress="hidden",
         )  # fmt: skip
         # Choosing an example changes the prompt box, which starts over (the change event above).
         gr.Examples([[DEFAULT_PROMPT], [NOTEBOOK_PROMPT]], inputs=prompt_box, label="Example prompts")
