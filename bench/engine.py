@@ -1,0 +1,160 @@
+"""Engine benchmark: time per generated token, measured side by side in one run.
+
+Four ways to write the same 64 greedy tokens:
+  generate_steps   tokstep's stepping engine (top-k 5, full softmax, display text per step)
+  generate         transformers' model.generate(do_sample=False)
+  bare loop        the least work possible: a KV-cached forward pass and an argmax per token
+  notebook loop    the seed notebook: decode, append text, re-tokenize, run the whole sequence
+
+on a GPT-2-small-shaped model with random weights (the compute of the real GPT-2) and, when
+it is there, the bundled model; prompts of 8, 128 and 512 tokens. Each is repeated and the
+median kept. Prints a table and the ratios the performance targets are stated in.
+
+    python bench/engine.py                 # everything (a few minutes on 2 CPU cores)
+    python bench/engine.py --quick         # fewer repetitions, shorter notebook loop
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+from transformers.utils import logging as hf_logging
+
+import tokstep
+from tokstep.loading import LanguageModel
+from tokstep.testing import gpt2_tokenizer
+
+NEW_TOKENS = 64
+PROMPT_LENGTHS = (8, 128, 512)
+
+
+def gpt2_small_shape(tokenizer: PreTrainedTokenizerFast) -> LanguageModel:
+    """GPT-2 small's shape (124M parameters, 12 layers, 768 wide, 50,257 tokens), random weights."""
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id, eos_token_id=None)
+    return tokstep.from_objects("gpt2-small shape (random weights)", GPT2LMHeadModel(config), tokenizer)
+
+
+def prompt_ids(lm: LanguageModel, length: int) -> list[int]:
+    """A prompt of exactly `length` tokens of ordinary text."""
+    text = "Once upon a time, there was a little girl who loved to read stories about the sea. " * 64
+    return tokstep.tokenize(lm.tokenizer, text)[:length]
+
+
+def run_generate_steps(lm: LanguageModel, ids: list[int], n: int) -> None:
+    for _ in tokstep.generate_steps(lm, ids, max_new_tokens=n, top_k=5):
+        pass
+
+
+@torch.inference_mode()
+def run_generate(lm: LanguageModel, ids: list[int], n: int) -> None:
+    input_ids = torch.tensor([ids], device=lm.device)
+    lm.model.generate(
+        input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False, max_new_tokens=n, min_new_tokens=n
+    )
+
+
+@torch.inference_mode()
+def run_bare_loop(lm: LanguageModel, ids: list[int], n: int) -> None:
+    output = lm.model(input_ids=torch.tensor([ids], device=lm.device), use_cache=True, logits_to_keep=1)
+    for _ in range(n - 1):
+        next_id = output.logits[:, -1].argmax(dim=-1, keepdim=True)  # (1, 1)
+        output = lm.model(input_ids=next_id, cache=output.cache, use_cache=True, logits_to_keep=1)
+    output.logits[:, -1].argmax(dim=-1)
+
+
+@torch.inference_mode()
+def run_notebook_loop(lm: LanguageModel, ids: list[int], n: int) -> None:
+    text = lm.tokenizer.decode(ids)
+    for _ in range(n):
+        inputs = lm.tokenizer(text, return_tensors="pt")
+        logits = lm.model(**inputs).logits[:, -1, :]
+        probabilities = torch.softmax(logits[0], dim=-1)
+        text += lm.tokenizer.decode(int(torch.argmax(probabilities)))
+
+
+Runner = Callable[[LanguageModel, list[int], int], None]
+RUNNERS: dict[str, Runner] = {
+    "generate_steps": run_generate_steps,
+    "generate": run_generate,
+    "bare loop": run_bare_loop,
+    "notebook loop": run_notebook_loop,
+}
+
+
+def median_ms_per_token(run: Runner, lm: LanguageModel, ids: list[int], n_tokens: int, repeats: int) -> float:
+    run(lm, ids, n_tokens)  # warm-up: first-call allocations and lazy initialisation
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        run(lm, ids, n_tokens)
+        times.append((time.perf_counter() - started) * 1000 / n_tokens)
+    return statistics.median(times)
+
+
+def bench_model(lm: LanguageModel, repeats: int, notebook_tokens: int) -> list[dict]:
+    rows = []
+    for length in PROMPT_LENGTHS:
+        if lm.context_length is not None and length + NEW_TOKENS > lm.context_length:
+            continue
+        ids = prompt_ids(lm, length)
+        row = {"model": lm.name, "prompt": length}
+        for name, run in RUNNERS.items():
+            # The notebook loop re-reads the whole text per token: fewer tokens keep it bearable.
+            n_tokens, reps = (
+                (notebook_tokens, max(1, repeats // 2)) if name == "notebook loop" else (NEW_TOKENS, repeats)
+            )
+            row[name] = median_ms_per_token(run, lm, ids, n_tokens, reps)
+        rows.append(row)
+        print_row(row, flush=True)
+    return rows
+
+
+def print_header() -> None:
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {NEW_TOKENS} new tokens; ms per token (median)"
+    )
+    print(
+        f"{'model':<36} {'prompt':>6} {'steps':>8} {'generate':>9} {'bare':>8} {'notebook':>9}"
+        f" {'steps/bare':>10} {'gen/steps':>9} {'nb/steps':>9}"
+    )
+
+
+def print_row(row: dict, flush: bool = False) -> None:
+    steps, gen, bare, notebook = row["generate_steps"], row["generate"], row["bare loop"], row["notebook loop"]
+    print(
+        f"{row['model']:<36} {row['prompt']:>6} {steps:>8.2f} {gen:>9.2f} {bare:>8.2f} {notebook:>9.2f}"
+        f" {steps / bare:>10.3f} {gen / steps:>9.3f} {notebook / steps:>9.1f}",
+        flush=flush,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="3 repetitions and a 16-token notebook loop")
+    parser.add_argument("--repeats", type=int, default=7, help="timed repetitions per cell (median kept)")
+    args = parser.parse_args()
+    repeats = 3 if args.quick else args.repeats
+    notebook_tokens = 16 if args.quick else 32
+    hf_logging.set_verbosity_error()  # generate's notes on its defaults are not results
+
+    models = [gpt2_small_shape(gpt2_tokenizer())]
+    if "tinystories" in tokstep.bundled_models():
+        models.append(tokstep.load("tinystories"))
+    print_header()
+    for lm in models:
+        bench_model(lm, repeats, notebook_tokens)
+    print(
+        "\nsteps/bare: generate_steps' time per token over the bare cached loop's (target <= 1.05)."
+        "\ngen/steps: generate's time per token over generate_steps' (target >= 1.0: stepping is no slower)."
+        "\nnb/steps: the notebook loop's time per token over generate_steps' (target >= 10 at 512)."
+    )
+
+
+if __name__ == "__main__":
+    main()
