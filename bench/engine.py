@@ -10,8 +10,8 @@ on a GPT-2-small-shaped model with random weights (the compute of the real GPT-2
 it is there, the bundled model; prompts of 8, 128 and 512 tokens. Each is repeated and the
 median kept. Prints a table and the ratios the performance targets are stated in.
 
-    python bench/engine.py                 # everything (a few minutes on 2 CPU cores)
-    python bench/engine.py --quick         # fewer repetitions, shorter notebook loop
+    python -m bench.engine                 # everything (a few minutes on 2 CPU cores)
+    python -m bench.engine --quick         # fewer repetitions, shorter notebook loop
 """
 
 from __future__ import annotations
