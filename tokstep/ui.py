@@ -399,17 +399,21 @@ def create_demo(
             [control.change for control in settings], on_view, inputs=[state, prompt_box, *settings], outputs=view,
             api_name="view", api_visibility="undocumented", trigger_mode="always_last", **raw,
         )  # fmt: skip
-        # Editing the prompt and Reset start over from the prompt; each also stops a running
-        # Auto-run or Step, which would otherwise write the old text back.
+        # Reset, typing and choosing an example stop a running Auto-run or Step, which would
+        # otherwise write the old text back.
         reset_button.click(
             on_start, inputs=[prompt_box, *settings], outputs=view,
             api_name="reset", api_visibility="undocumented", cancels=[autorun_event, step_event],
             trigger_mode="always_last", **raw,
         )  # fmt: skip
+        # A changed prompt starts over unless a link or a run file set it together with its state.
+        # It cancels nothing itself: typing and choosing an example stop a run (below), while the
+        # change that a link or a run file makes must not cancel a Step clicked right after it.
         prompt_box.change(
             on_edit, inputs=[state, prompt_box, *settings], outputs=view, api_visibility="private",
-            cancels=[autorun_event, step_event], trigger_mode="always_last", **raw,
+            trigger_mode="always_last", **raw,
         )  # fmt: skip
+        prompt_box.input(None, cancels=[autorun_event, step_event])
         # The first load starts from the prompt box, or from the preset in the page's URL.
         demo.load(
             on_load, inputs=[prompt_box, *settings], outputs=[*view, prompt_box, *sampling_controls],
@@ -430,7 +434,8 @@ def create_demo(
             cancels=[autorun_event, step_event], show_progress="hidden",
         )  # fmt: skip
         # Choosing an example changes the prompt box, which starts over (the change event above).
-        gr.Examples([[DEFAULT_PROMPT], [NOTEBOOK_PROMPT]], inputs=prompt_box, label="Example prompts")
+        examples = gr.Examples([[DEFAULT_PROMPT], [NOTEBOOK_PROMPT]], inputs=prompt_box, label="Example prompts")
+        examples.dataset.click(None, cancels=[autorun_event, step_event])
         stop_button.click(None, cancels=[autorun_event])
 
         def generate(
