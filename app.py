@@ -11,6 +11,7 @@ import os
 import sys
 
 from tokstep.loading import ModelLoadError
+from tokstep.share import launch
 from tokstep.startup import load_for_app
 from tokstep.ui import LAUNCH_OPTIONS, create_demo
 
@@ -41,4 +42,4 @@ except ModelLoadError as error:
 demo = create_demo(lm, notice=notice)
 
 if __name__ == "__main__":
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **LAUNCH_OPTIONS)
+    launch(demo, host=args.host, port=args.port, share=args.share, options=LAUNCH_OPTIONS)
