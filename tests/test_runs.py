@@ -4,6 +4,8 @@ RunFileError for every kind of bad file."""
 from __future__ import annotations
 
 import json
+import re
+from pathlib import Path
 
 import pytest
 
@@ -131,3 +133,14 @@ def test_malformed_and_huge_files(tmp_path):
     huge.write_bytes(b" " * (MAX_RUN_BYTES + 1))
     with pytest.raises(RunFileError, match="at most"):
         read_run_file(huge)
+
+
+def test_the_documented_example_has_the_fields_export_writes(tiny_lm):
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "run-format.md").read_text(encoding="utf-8")
+    example = json.loads(re.search(r"```json\n(.*?)```", doc, re.S).group(1))
+    run = export_run(mixed_run(tiny_lm), sampling=SEEDED)
+    assert set(example) == set(run)
+    assert set(example["settings"]) == set(run["settings"])
+    assert set(example["steps"][0]) == set(run["steps"][0])
+    for key in run["steps"][0]:
+        assert f"`steps[].{key}" in doc or f", `{key}`" in doc, f"{key} is not described"
