@@ -137,4 +137,11 @@ def test_the_demo_steps_inside_the_embed_pages_iframe(tab, docs_server, server_u
     while chips.count() != len(expected) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert chips.all_text_contents() == expected
+    # Copy link inside the iframe links to the demo itself, not to the page around it.
+    frame.locator("#copy-link").click()
+    link_box = frame.locator("#link textarea")
+    deadline = time.monotonic() + 15
+    while not link_box.input_value().startswith("http") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert link_box.input_value().startswith(server_url + "?prompt=Once+upon+a+time&steps=4")
     tab.screenshot(path=str(SCREENSHOTS / "embedded.png"), full_page=True)

@@ -261,9 +261,13 @@ def create_demo(
                     elem_id="topk-size",
                 )  # fmt: skip
             with gr.Row():
-                temperature = gr.Slider(0.1, 2.0, value=1.0, step=0.05, label="Temperature", elem_id="temperature")
-                sample_top_k = gr.Slider(0, 100, value=0, step=1, label="Sample from top k (0 = all)", elem_id="top-k")
-                top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p (1 = all)", elem_id="top-p")
+                temperature = gr.Slider(
+                    *TEMPERATURE_RANGE, value=1.0, step=0.05, label="Temperature", elem_id="temperature"
+                )
+                sample_top_k = gr.Slider(
+                    0, SAMPLE_TOP_K_MAX, value=0, step=1, label="Sample from top k (0 = all)", elem_id="top-k"
+                )
+                top_p = gr.Slider(TOP_P_MIN, 1.0, value=1.0, step=0.05, label="Top-p (1 = all)", elem_id="top-p")
                 seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="seed")
             score_box = gr.Checkbox(
                 label="Colour prompt tokens by how likely the model found them", elem_id="score-prompt"
