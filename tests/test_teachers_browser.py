@@ -15,6 +15,7 @@ import pytest
 from conftest import ROOT, SCREENSHOTS, free_port, token_labels, wait_for_count
 
 import tokstep
+from tokstep.ui import LAUNCH_OPTIONS
 
 PROMPT = "The little dog"
 
@@ -145,3 +146,14 @@ def test_the_demo_steps_inside_the_embed_pages_iframe(tab, docs_server, server_u
         time.sleep(0.1)
     assert link_box.input_value().startswith(server_url + "?prompt=Once+upon+a+time&steps=4")
     tab.screenshot(path=str(SCREENSHOTS / "embedded.png"), full_page=True)
+
+
+def test_a_file_over_the_upload_limit_is_refused_with_a_message(page, tmp_path):
+    before = token_labels(page)
+    huge = tmp_path / "huge.json"
+    huge.write_bytes(b" " * (LAUNCH_OPTIONS["max_file_size"] + 1))
+    with page.expect_file_chooser() as chooser:
+        page.click("#import")
+    chooser.value.set_files(str(huge))
+    page.wait_for_selector("text=exceed the maximum allowed size")
+    assert token_labels(page) == before
