@@ -22,28 +22,15 @@ import time
 from collections.abc import Callable
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 from transformers.utils import logging as hf_logging
 
 import tokstep
+from bench.common import gpt2_small_shape, prompt_ids
 from tokstep.loading import LanguageModel
 from tokstep.testing import gpt2_tokenizer
 
 NEW_TOKENS = 64
 PROMPT_LENGTHS = (8, 128, 512)
-
-
-def gpt2_small_shape(tokenizer: PreTrainedTokenizerFast) -> LanguageModel:
-    """GPT-2 small's shape (124M parameters, 12 layers, 768 wide, 50,257 tokens), random weights."""
-    torch.manual_seed(0)
-    config = GPT2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id, eos_token_id=None)
-    return tokstep.from_objects("gpt2-small shape (random weights)", GPT2LMHeadModel(config), tokenizer)
-
-
-def prompt_ids(lm: LanguageModel, length: int) -> list[int]:
-    """A prompt of exactly `length` tokens of ordinary text."""
-    text = "Once upon a time, there was a little girl who loved to read stories about the sea. " * 64
-    return tokstep.tokenize(lm.tokenizer, text)[:length]
 
 
 def run_generate_steps(lm: LanguageModel, ids: list[int], n: int) -> None:

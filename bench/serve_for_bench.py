@@ -1,0 +1,60 @@
+"""A tokstep server for the benchmarks, in a process of its own (bench.server and bench.classroom
+start it; you do not need to). It serves `create_demo(lm)` with the app's LAUNCH_OPTIONS and
+default limits, exactly as `python app.py` does, on a model the benchmarks name:
+
+    python -m bench.serve_for_bench --model gpt2-small-shape --port 7861
+    python -m bench.serve_for_bench --model tinystories --port 7861
+
+On SIGUSR1 it runs a garbage collection and malloc_trim and writes its RSS to --status-file,
+so the benchmark reads the memory the server holds rather than pages glibc keeps around.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import gc
+import json
+import os
+import signal
+from pathlib import Path
+from types import FrameType
+
+from bench.common import GPT2_SMALL_SHAPE, build_model, proc_memory_mib, quiet_transformers
+
+
+def trim_and_report(status_file: Path | None) -> None:
+    gc.collect()
+    with contextlib.suppress(OSError):  # not glibc: RSS is read untrimmed
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    if status_file is not None:
+        partial = status_file.with_suffix(".partial")
+        partial.write_text(json.dumps({"rss_mib": proc_memory_mib(os.getpid())["VmRSS"]}))
+        partial.replace(status_file)  # whole or absent: the reader never sees half a file
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=GPT2_SMALL_SHAPE, help=f"{GPT2_SMALL_SHAPE} or a name tokstep.load takes")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: where tokstep.load puts it)")
+    parser.add_argument("--status-file", type=Path, default=None, help="where SIGUSR1 writes the trimmed RSS")
+    args = parser.parse_args()
+
+    from tokstep.ui import LAUNCH_OPTIONS, create_demo
+
+    quiet_transformers()
+    demo = create_demo(build_model(args.model, args.device))
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        trim_and_report(args.status_file)
+
+    # Set before launch: the benchmark may ask as soon as the page answers.
+    signal.signal(signal.SIGUSR1, on_signal)
+    demo.launch(server_name="127.0.0.1", server_port=args.port, prevent_thread_lock=True, quiet=True, **LAUNCH_OPTIONS)
+    demo.block_thread()
+
+
+if __name__ == "__main__":
+    main()

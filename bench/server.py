@@ -1,0 +1,160 @@
+"""Server benchmark: what a `gradio_client` streaming `/generate` sees, against the engine alone.
+
+For each model, in one run and alternating so that a change in the machine's load hits both:
+  engine   `tokstep.generate_steps(lm, prompt, top_k=5)` in this process, timed per step
+  server   `Client.submit(prompt, n, api_name="/generate")` against a tokstep server started in
+           its own process (`bench.serve_for_bench`: create_demo + the app's LAUNCH_OPTIONS),
+           timed per streamed update as the client receives it
+
+Per token means end to end: (time from the request to the last token) / tokens, so everything
+the server adds counts, including that Gradio's event stream sends what is ready every 50 ms or
+so (tokens arrive in bursts: a steady-state figure from first to last token would be off by up
+to a burst over the run). Overhead per token = server - engine (issue 6's target: <= 3 ms). The
+engine and the server run the same weights (GPT-2-small shape is seeded) and the script checks
+that both wrote the same tokens.
+
+    python -m bench.server             # GPT-2-small shape and the bundled model, 5 repetitions
+    python -m bench.server --quick     # 3 repetitions
+    python -m bench.server --smoke     # the bundled model, 16 tokens, 1 repetition (the test suite's)
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+
+from bench.common import (
+    BUNDLED,
+    GPT2_SMALL_SHAPE,
+    bench_server,
+    build_model,
+    fmt,
+    machine_line,
+    median,
+    print_table,
+    prompt_ids,
+    quiet_transformers,
+    synchronize,
+    verdict,
+)
+
+NEW_TOKENS = 128  # long enough that a 50 ms burst at the end is under 0.4 ms per token
+PROMPT_TOKENS = 8
+OVERHEAD_TARGET_MS = 3.0
+
+
+@dataclass
+class Run:
+    """One generation, timed: when each token arrived (seconds after the request) and which it was."""
+
+    arrivals: list[float]
+    token_ids: list[int]
+
+    @property
+    def first_ms(self) -> float:
+        return self.arrivals[0] * 1000
+
+    @property
+    def per_token_ms(self) -> float:
+        return self.arrivals[-1] * 1000 / len(self.arrivals)
+
+    @property
+    def steady_ms(self) -> float:
+        """From the first token to the last, per token: without the request and the prompt's pass."""
+        return (self.arrivals[-1] - self.arrivals[0]) * 1000 / max(1, len(self.arrivals) - 1)
+
+
+def run_engine(lm, prompt: str, n: int, device: str | None) -> Run:  # lm: tokstep.LanguageModel
+    import tokstep
+
+    arrivals, ids = [], []
+    started = time.perf_counter()
+    for step in tokstep.generate_steps(lm, prompt, max_new_tokens=n, top_k=5):
+        synchronize(device)  # a no-op on CPU; step's Python floats already wait for a GPU
+        arrivals.append(time.perf_counter() - started)
+        ids.append(step.token_id)
+    return Run(arrivals, ids)
+
+
+def run_server(client, prompt: str, n: int) -> Run:  # client: gradio_client.Client
+    arrivals, ids = [], []
+    started = time.perf_counter()
+    for update in client.submit(prompt, n, api_name="/generate"):
+        arrivals.append(time.perf_counter() - started)
+        ids.append(update["token_id"])
+    return Run(arrivals, ids)
+
+
+def bench_model(name: str, n: int, repeats: int, device: str | None) -> list[str]:
+    from gradio_client import Client
+
+    lm = build_model(name, device)
+    prompt = lm.tokenizer.decode(prompt_ids(lm, PROMPT_TOKENS))
+    engine_runs, server_runs = [], []
+    with bench_server(name, device) as server:
+        client = Client(server.url, verbose=False, analytics_enabled=False)
+        # Warm-up, untimed: first-call allocations, lazy initialisation, the client's stream.
+        run_engine(lm, prompt, n, device)
+        run_server(client, prompt, n)
+        for _ in range(repeats):
+            engine_runs.append(run_engine(lm, prompt, n, device))
+            server_runs.append(run_server(client, prompt, n))
+        client.close()
+    engine_ms = median([run.per_token_ms for run in engine_runs])
+    server_ms = median([run.per_token_ms for run in server_runs])
+    overhead = server_ms - engine_ms
+    same = all(run.token_ids == engine_runs[0].token_ids for run in engine_runs + server_runs)
+    return [
+        lm.name,
+        str(len(server_runs[0].token_ids)),
+        fmt(engine_ms, 2),
+        fmt(server_ms, 2),
+        fmt(overhead, 2),
+        fmt(1000 / engine_ms),
+        fmt(1000 / server_ms),
+        fmt(engine_ms / server_ms, 3),
+        fmt(median([run.first_ms for run in engine_runs])),
+        fmt(median([run.first_ms for run in server_runs])),
+        fmt(median([run.steady_ms for run in server_runs]), 2),
+        "yes" if same else "NO",
+        verdict(overhead <= OVERHEAD_TARGET_MS),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="3 repetitions")
+    parser.add_argument("--smoke", action="store_true", help="the bundled model only, 16 tokens, 1 repetition")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repetitions per model (median kept)")
+    parser.add_argument("--tokens", type=int, default=NEW_TOKENS, help="new tokens per request")
+    parser.add_argument("--models", nargs="+", default=[GPT2_SMALL_SHAPE, BUNDLED], help="models to run")
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: where tokstep.load puts it)")
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    args = parser.parse_args()
+    repeats = 1 if args.smoke else 3 if args.quick else args.repeats
+    models = [BUNDLED] if args.smoke else args.models
+    n = 16 if args.smoke else args.tokens
+
+    quiet_transformers()
+    print(machine_line())
+    print(f"{repeats} repetitions (median), prompt of {PROMPT_TOKENS} tokens, {n} new tokens, greedy, top-k 5")
+    headers = [
+        "model", "tokens", "engine ms/tok", "server ms/tok", "overhead ms/tok", "engine tok/s", "server tok/s",
+        "server/engine", "engine 1st ms", "server 1st ms", "server steady", "same tokens",
+        f"overhead <= {OVERHEAD_TARGET_MS:g} ms",
+    ]  # fmt: skip
+    rows = []
+    for name in models:
+        rows.append(bench_model(name, n, repeats, args.device))
+    print_table(headers, rows, markdown=args.markdown)
+    print(
+        "\nms/tok: from the request to the last token, per token, as the client receives them."
+        "\noverhead: server - engine per token (issue 6's target: <= 3 ms); server/engine: the share of the"
+        "\nengine's speed a streaming client sees. 1st ms: from the request to the first token. server steady:"
+        "\n(last token - first token) / (tokens - 1) at the client (bursty: Gradio sends every ~50 ms)."
+    )
+
+
+if __name__ == "__main__":
+    main()
