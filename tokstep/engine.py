@@ -186,6 +186,7 @@ class TokenStepper:
         self._cache = None  # transformers Cache holding keys/values of ids[:_cached]
         self._cached = 0
         self._next_logits: torch.Tensor | None = None  # (vocab,), after ids[:_cached]
+        self._next_probs: torch.Tensor | None = None  # (vocab,), their full softmax
         self._next_forward_ms = 0.0  # wall time of the pass that gave _next_logits
         self._lock = threading.Lock()  # one step at a time per sequence
         self._prompt_scores: list[TokenScore] | None = None
@@ -222,23 +223,20 @@ class TokenStepper:
         return self.prompt_text + self.generated_text()
 
     def _forward_pending(self) -> torch.Tensor:
-        """Feed the ids not yet in the KV cache; return the next-token logits (vocab,)."""
+        """Feed the ids not yet in the KV cache; return the next-token logits (vocab,).
+
+        The pass goes through the model's batcher: when other sessions step at the same
+        moment, their tokens and this one share one batched forward pass."""
         if self._next_logits is not None and self._cached == len(self.ids):
             return self._next_logits
-        pending = torch.tensor([self.ids[self._cached :]], device=self.lm.device)  # (1, T_new)
-        with self.lm.forward_lock, torch.inference_mode():
-            # Timed inside the lock: waiting for another user's pass is not this token's cost.
-            started = time.perf_counter()
-            # Prefill reads the whole prompt; later passes read one token. Either way only
-            # the last position's logits are needed: (1, 1, vocab).
-            output = self.lm.model(input_ids=pending, cache=self._cache, use_cache=True, logits_to_keep=1)
-            logits = output.logits[0, -1]  # (vocab,)
-            if logits.device.type == "cuda":
-                torch.cuda.synchronize(logits.device)  # the pass ran asynchronously: wait for it to end
-            self._next_forward_ms = (time.perf_counter() - started) * 1000.0
-        self._cache = output.cache
+        # Prefill reads the whole prompt; later passes read one token.
+        result = self.lm.batcher.forward(self.ids[self._cached :], self._cache, self._cached)
+        # Waiting for another pass is not this token's cost: only its own pass is timed.
+        self._next_forward_ms = result.forward_ms
+        self._cache = result.cache
         self._cached = len(self.ids)
-        self._next_logits = logits
+        self._next_logits = result.logits
+        self._next_probs = result.probs
         self.lm.warm_sequences.touch(self)
         return self._next_logits
 
@@ -251,7 +249,7 @@ class TokenStepper:
         if not self._lock.acquire(blocking=blocking):
             return False
         try:
-            self._cache, self._cached, self._next_logits = None, 0, None
+            self._cache, self._cached, self._next_logits, self._next_probs = None, 0, None, None
             self.lm.warm_sequences.discard(self)
         finally:
             self._lock.release()
@@ -276,7 +274,13 @@ class TokenStepper:
     def next_token_probs(self) -> torch.Tensor:
         """The model's distribution for the next token: (vocab,), full softmax."""
         with self._lock:
-            return logits_to_probs(self._forward_pending())
+            return self._pending_probs()
+
+    def _pending_probs(self) -> torch.Tensor:
+        """The next token's full softmax (vocab,), computed once per position."""
+        self._forward_pending()
+        assert self._next_probs is not None
+        return self._next_probs
 
     def next_top(self, k: int = 5) -> tuple[list[TokenProb], float]:
         """The k most likely next tokens and the mass outside them."""
@@ -302,7 +306,7 @@ class TokenStepper:
                 raise PromptError(context_full_message(self.lm))
             logits = self._forward_pending()  # (vocab,)
             started = time.perf_counter()
-            probs = logits_to_probs(logits)  # (vocab,)
+            probs = self._pending_probs()  # (vocab,)
             position = len(self.ids)
             drawn = sampling_probs(logits, sampling) if sampling is not None else None  # (vocab,) or None
             chosen_by: ChosenBy
@@ -366,7 +370,7 @@ class TokenStepper:
                     # Sliding-window or recurrent layers cannot be put back as they were: read
                     # the whole sequence again.
                     self._cache, self._cached = None, 0
-            self._next_logits = None
+            self._next_logits = self._next_probs = None
         return step
 
 

@@ -26,6 +26,7 @@ import torch
 from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from tokstep.batching import ForwardBatcher
 from tokstep.kv_budget import WarmSet
 from tokstep.tokens import TokenTexts
 
@@ -55,10 +56,16 @@ class LanguageModel:
     # Ids that end generation, as `model.generate` sees them (the generation config's).
     eos_token_ids: frozenset[int]
     # One forward pass at a time: torch already uses every core for one pass, and two
-    # passes in parallel threads fight over the cores and both get much slower.
+    # passes in parallel threads fight over the cores and both get much slower (the
+    # batcher takes it for each pass; code that runs the model itself must take it too).
     forward_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # The sequences (one per tab or API call) that may keep a KV cache in memory at once.
     warm_sequences: WarmSet = field(default_factory=WarmSet, repr=False)
+    # Every stepping forward pass goes through it: concurrent sessions' steps share a batch.
+    batcher: ForwardBatcher = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.batcher = ForwardBatcher(self.model, self.forward_lock)
 
     @property
     def device(self) -> torch.device:

@@ -1,0 +1,172 @@
+"""Batched decoding across sessions gives each session exactly what it gets alone.
+
+Sessions are lined up deterministically: the test holds the model's forward lock while
+every session asks for its next token, so all their requests are queued, and releasing
+the lock runs them as one batch (checked with the batcher's own counters).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from tokstep.engine import Step, TokenStepper
+from tokstep.loading import LanguageModel
+from tokstep.sampling import SamplingSettings
+
+# Prompts of different lengths, so that the batch's caches need padding.
+PROMPTS = [
+    "Once upon a time",
+    "The cat sat on the mat and looked out of the window at the rain.",
+    "Hello",
+    "A long time ago, in a small town by the sea, there lived an old fisherman",
+    "Tom and Sue went to the park",
+]
+ROUNDS = 12
+
+
+def together(lm: LanguageModel, actions: list[Callable[[], Step]], prefills: int) -> list[Step]:
+    """Run every action (each one step of its own session) so that their passes share one turn:
+    one batched pass for the decodes, plus one single pass for each of the `prefills` sessions
+    that have no KV cache yet (a new prompt)."""
+    results: list[Step | BaseException | None] = [None] * len(actions)
+
+    def run(index: int) -> None:
+        try:
+            results[index] = actions[index]()
+        except BaseException as error:  # noqa: BLE001 (raised below, in the test's thread)
+            results[index] = error
+
+    passes_before = lm.batcher.passes
+    with lm.forward_lock:  # the model is busy: every request queues up
+        threads = [threading.Thread(target=run, args=(index,)) for index in range(len(actions))]
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while lm.batcher.waiting < len(actions):
+            assert time.monotonic() < deadline, f"only {lm.batcher.waiting} of {len(actions)} requests queued"
+            time.sleep(0.001)
+    for thread in threads:
+        thread.join(timeout=30)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    decodes = len(actions) - prefills
+    assert lm.batcher.passes - passes_before == prefills + min(decodes, 1)
+    return results  # type: ignore[return-value]
+
+
+def cold(sessions: list[TokenStepper]) -> int:
+    """How many of `sessions` have no KV cache: their next pass reads their whole prompt."""
+    return sum(not stepper.holds_cache for stepper in sessions)
+
+
+def steppers(lm: LanguageModel) -> list[TokenStepper]:
+    return [TokenStepper.from_text(lm, prompt) for prompt in PROMPTS]
+
+
+def assert_same_step(batched: Step, alone: Step) -> None:
+    assert batched.token_id == alone.token_id
+    assert batched.chosen_by == alone.chosen_by
+    assert batched.prob == pytest.approx(alone.prob, abs=1e-4)
+    assert [c.token_id for c in batched.top] == [c.token_id for c in alone.top]
+    for got, want in zip(batched.top, alone.top, strict=True):
+        assert got.prob == pytest.approx(want.prob, abs=1e-4)
+    assert batched.rest_prob == pytest.approx(alone.rest_prob, abs=1e-4)
+    assert batched.entropy == pytest.approx(alone.entropy, abs=1e-3)
+
+
+@pytest.mark.parametrize("model", ["tiny", "bundled"])
+def test_batched_greedy_steps_equal_each_session_alone(model, request):
+    lm = request.getfixturevalue("tiny_lm" if model == "tiny" else "bundled_lm")
+    alone = []
+    for stepper in steppers(lm):
+        alone.append([stepper.step(5) for _ in range(ROUNDS)])
+    sessions = steppers(lm)
+    batched = [[] for _ in sessions]
+    for _ in range(ROUNDS):
+        steps = together(lm, [lambda s=s: s.step(5) for s in sessions], cold(sessions))
+        for record, step in zip(batched, steps, strict=True):
+            record.append(step)
+    assert lm.batcher.largest_batch >= len(sessions)
+    for got, want in zip(batched, alone, strict=True):
+        for batched_step, alone_step in zip(got, want, strict=True):
+            assert_same_step(batched_step, alone_step)
+
+
+def test_batched_greedy_equals_generate(bundled_lm):
+    """The key invariant holds inside a batch too: greedy stepping == generate(do_sample=False)."""
+    sessions = steppers(bundled_lm)
+    for _ in range(ROUNDS):
+        together(bundled_lm, [lambda s=s: s.step(5) for s in sessions], cold(sessions))
+    for stepper in sessions:
+        prompt = torch.tensor([stepper.ids[: stepper.prompt_length]])
+        with torch.inference_mode():
+            expected = bundled_lm.model.generate(
+                prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=ROUNDS
+            )[0, stepper.prompt_length :].tolist()
+        # generate stops early at end-of-text; stepping past it is the caller's choice.
+        assert stepper.generated_ids[: len(expected)] == expected
+
+
+def test_sampling_picks_undo_and_prefills_mix_in_one_batch(tiny_lm):
+    """Each session's own choices survive batching: seeded draws, picks, undo, a new prompt."""
+    sampling = SamplingSettings(temperature=0.9, top_k=50, seed=7)
+    joins_at = ROUNDS // 2  # a new session joins then: its first step (a prefill) shares the turn
+
+    def script(stepper: TokenStepper, index: int, round_: int) -> Step:
+        # Session 0 samples, 1 takes the runner-up, 2 undoes every third round, 3 and 4 are greedy.
+        if index == 0:
+            return stepper.step(5, sampling=sampling)
+        if index == 1:
+            return stepper.step(5, token_id=stepper.next_top(2)[0][1].token_id)
+        if index == 2 and round_ % 3 == 2:
+            stepper.undo()
+        return stepper.step(5)
+
+    alone = steppers(tiny_lm)
+    for index, stepper in enumerate(alone):
+        for round_ in range(joins_at if index == 4 else 0, ROUNDS):
+            script(stepper, index, round_)
+
+    sessions = steppers(tiny_lm)
+    for round_ in range(ROUNDS):
+        active = [(index, s) for index, s in enumerate(sessions) if index < 4 or round_ >= joins_at]
+        actions = [lambda s=s, i=i, r=round_: script(s, i, r) for i, s in active]
+        together(tiny_lm, actions, cold([s for _, s in active]))
+    assert [stepper.ids for stepper in sessions] == [stepper.ids for stepper in alone]
+    for batched, solo in zip(sessions, alone, strict=True):
+        assert [step.chosen_by for step in batched.steps] == [step.chosen_by for step in solo.steps]
+        for batched_step, solo_step in zip(batched.steps, solo.steps, strict=True):
+            assert_same_step(batched_step, solo_step)
+
+
+def test_an_error_in_a_batched_pass_reaches_every_session_and_the_model_keeps_serving(tiny_lm):
+    sessions = steppers(tiny_lm)[:3]
+    for stepper in sessions:
+        stepper.step(5)
+    # A cache that does not fit the model (twice the head width) makes the batched pass fail.
+    broken = sessions[1]._cache.layers[0]
+    broken.keys = torch.cat([broken.keys, broken.keys], dim=-1)
+    errors: list[BaseException] = []
+
+    def step_or_record(stepper: TokenStepper) -> Step | None:
+        try:
+            return stepper.step(5)
+        except RuntimeError as error:
+            errors.append(error)
+            return None
+
+    together(tiny_lm, [lambda s=s: step_or_record(s) for s in sessions], 0)
+    assert len(errors) == len(sessions)  # every session in the pass hears of it; none hangs
+    for stepper in (sessions[0], sessions[2]):
+        stepper.release()  # their caches are intact, but read everything again to be sure
+    for index in (0, 2):
+        sessions[index].step(5)
+        solo = steppers(tiny_lm)[index]
+        solo.step(5), solo.step(5)
+        assert sessions[index].ids == solo.ids

@@ -1,0 +1,214 @@
+"""Forward passes for many sequences at once: concurrent sessions' decode steps share one batch.
+
+On a CPU, one decode step of GPT-2 small is bound by reading its ~0.5 GB of weights from
+memory, whatever the batch size. Thirty users stepping one after another pay that thirty
+times; batched, the weights are read once for all of them. So every forward pass of a
+model goes through its `ForwardBatcher`:
+
+  - A thread that needs next-token logits queues a request and waits.
+  - Whichever waiting thread finds no pass running becomes the leader: it takes every
+    queued request (up to `max_batch`), runs them, hands each its result, and wakes the
+    others. Requests that arrive during a pass wait for the next one, so a lone user
+    waits for nothing and a class fills the batches by itself. There is no extra thread.
+  - Decode requests (one new token on top of a cache whose layers are plain
+    `DynamicLayer`s) run together: their caches are left-padded to the longest one, an
+    attention mask hides the padding, and each row gets its own position id. Prefills
+    (a prompt, or a sequence read again after its cache was released) and caches that
+    cannot be padded (sliding windows, recurrent state) run one by one, in the same turn.
+
+One pass at a time, always: torch already spreads one pass over every core, and two
+passes in parallel threads fight over them (see docs/performance.md, "Threads").
+
+Each sequence keeps its own `DynamicCache`; after a batched pass its layers point at its
+row of the batch's cache (a view: no copy), and `undo`'s crop and the next pass's
+concatenation work on it as on any cache.
+
+Why not transformers' continuous batching (`generate_batch` / `ContinuousBatchingManager`):
+it streams the sampled token and at most its log-probability, while tokstep needs the
+whole next-token distribution at every step and must append a token the user picked.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+from transformers.cache_utils import Cache, DynamicLayer
+
+# A class of 30 (and then some) in one pass; past this, a pass's attention and cache copies
+# cost more than the weights it shares, and the rest wait one pass.
+DEFAULT_MAX_BATCH = 32
+
+
+@dataclass(frozen=True)
+class ForwardResult:
+    """What one sequence gets back from a pass."""
+
+    cache: Cache  # its KV cache, now holding every id it sent
+    logits: torch.Tensor  # (vocab,) for the next token
+    probs: torch.Tensor  # (vocab,) full-vocabulary softmax of `logits`, in fp32
+    forward_ms: float  # wall time of the pass it was part of
+    batch_size: int  # how many sequences shared that pass
+
+
+@dataclass(eq=False)
+class _Request:
+    ids: list[int]  # tokens not yet in the cache, in order
+    cache: Cache | None  # holds `cached` positions, or None
+    cached: int
+    result: ForwardResult | None = None
+    error: BaseException | None = None
+    done: bool = field(default=False)
+
+
+def is_batchable(cache: Cache | None, n_new: int) -> bool:
+    """Whether a request can join a batched decode: one new token on a paddable cache."""
+    if n_new != 1 or not isinstance(cache, DynamicCache) or not cache.layers:
+        return False
+    # Exactly DynamicLayer: its subclasses (sliding windows) drop old positions, so rows
+    # of different lengths cannot be lined up by padding.
+    return all(type(layer) is DynamicLayer and layer.is_initialized for layer in cache.layers)
+
+
+class ForwardBatcher:
+    """Runs a model's forward passes one at a time, batching concurrent decode steps."""
+
+    def __init__(
+        self, model: PreTrainedModel, forward_lock: threading.Lock, max_batch: int = DEFAULT_MAX_BATCH
+    ) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}.")
+        self.model = model
+        self.max_batch = max_batch
+        # Also taken by other code that runs the model (e.g. scoring a prompt).
+        self.forward_lock = forward_lock
+        self._condition = threading.Condition()
+        self._queue: list[_Request] = []
+        self._running = False
+        self.passes = 0  # batched or single passes run so far (for tests and benchmarks)
+        self.largest_batch = 0
+
+    def forward(self, ids: Sequence[int], cache: Cache | None, cached: int) -> ForwardResult:
+        """Feed `ids` on top of `cache` (which holds `cached` positions); wait for the logits."""
+        request = _Request([int(i) for i in ids], cache, cached)
+        condition = self._condition
+        with condition:
+            self._queue.append(request)
+            while not request.done:
+                if self._running:
+                    condition.wait()
+                    continue
+                self._running = True  # this thread leads the next pass
+                condition.release()
+                try:
+                    # The batch is taken once the model is free, so requests that arrive while
+                    # anything else runs on it (another pass, a prompt being scored) join it.
+                    with self.forward_lock, torch.inference_mode():
+                        with condition:
+                            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+                        self._run(batch)
+                finally:
+                    condition.acquire()
+                    self._running = False
+                    condition.notify_all()
+        if request.error is not None:
+            raise request.error
+        assert request.result is not None
+        return request.result
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued for the next pass."""
+        with self._condition:
+            return len(self._queue)
+
+    def _run(self, batch: list[_Request]) -> None:
+        """Run `batch`: decodes that can share a pass together, the rest one by one."""
+        decodes = [request for request in batch if is_batchable(request.cache, len(request.ids))]
+        if len(decodes) < 2:
+            decodes = []  # a batch of one is just a single pass, without padding or a mask
+        batched = {id(request) for request in decodes}
+        for request in batch:
+            if id(request) not in batched:
+                self._settle([request], self._forward_one, request)
+        if decodes:
+            self._settle(decodes, self._forward_decodes, decodes)
+
+    def _settle(self, requests: list[_Request], run: Callable[[Any], None], argument: Any) -> None:
+        """Run one pass; on failure every request in it gets the error (its thread raises it)."""
+        try:
+            run(argument)
+        except Exception as error:  # noqa: BLE001 (handed to the waiting threads, which raise it)
+            for request in requests:
+                request.error = error
+        finally:
+            self.passes += 1
+            self.largest_batch = max(self.largest_batch, len(requests))
+            for request in requests:
+                request.done = True
+
+    def _forward_one(self, request: _Request) -> None:
+        """One sequence: a prompt, a re-read, or a step whose cache cannot be padded."""
+        pending = torch.tensor([request.ids], device=self.model.device)  # (1, T_new)
+        started = time.perf_counter()
+        # Only the last position's logits are needed: (1, 1, vocab).
+        output = self.model(input_ids=pending, cache=request.cache, use_cache=True, logits_to_keep=1)
+        logits = output.logits[:, -1]  # (1, vocab)
+        probs = torch.softmax(logits.float(), dim=-1)  # (1, vocab)
+        forward_ms = _elapsed_ms(started, logits)
+        request.result = ForwardResult(output.cache, logits[0], probs[0], forward_ms, 1)
+
+    def _forward_decodes(self, requests: list[_Request]) -> None:
+        """Many sequences' next token in one pass, each at its own position."""
+        lengths = [request.cached for request in requests]
+        longest, batch_size = max(lengths), len(requests)
+        caches: list[DynamicCache] = [request.cache for request in requests]  # type: ignore[misc]
+        # Left-pad every layer's keys and values to the longest sequence: (B, heads, longest, head_dim).
+        padded = DynamicCache(
+            ddp_cache_data=[(layer.keys[:, :, :0], layer.values[:, :, :0]) for layer in caches[0].layers]
+        )
+        for index, layer in enumerate(padded.layers):
+            first = caches[0].layers[index]
+            keys = first.keys.new_zeros((batch_size, *first.keys.shape[1:2], longest, *first.keys.shape[3:]))
+            values = first.values.new_zeros((batch_size, *first.values.shape[1:2], longest, *first.values.shape[3:]))
+            for row, (cache, length) in enumerate(zip(caches, lengths, strict=True)):
+                keys[row, :, longest - length :] = cache.layers[index].keys[0]
+                values[row, :, longest - length :] = cache.layers[index].values[0]
+            layer.keys, layer.values = keys, values
+        device = self.model.device
+        input_ids = torch.tensor([request.ids for request in requests], device=device)  # (B, 1)
+        # Each row's own position: absolute position embeddings (GPT-2) and rotary ones alike.
+        position_ids = torch.tensor([[length] for length in lengths], device=device)  # (B, 1)
+        # 1 for real positions, 0 for padding, then 1 for the new token: (B, longest + 1).
+        attention_mask = torch.ones((batch_size, longest + 1), dtype=torch.long, device=device)
+        for row, length in enumerate(lengths):
+            attention_mask[row, : longest - length] = 0
+        started = time.perf_counter()
+        output = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=padded,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        logits = output.logits[:, -1]  # (B, vocab)
+        probs = torch.softmax(logits.float(), dim=-1)  # (B, vocab)
+        forward_ms = _elapsed_ms(started, logits)
+        for row, (request, length) in enumerate(zip(requests, lengths, strict=True)):
+            # Its row of the batch's cache, padding dropped: (1, heads, length + 1, head_dim) views.
+            for own, batched in zip(request.cache.layers, output.cache.layers, strict=True):
+                own.keys = batched.keys[row : row + 1, :, longest - length :]
+                own.values = batched.values[row : row + 1, :, longest - length :]
+            request.result = ForwardResult(request.cache, logits[row], probs[row], forward_ms, batch_size)
+
+
+def _elapsed_ms(started: float, logits: torch.Tensor) -> float:
+    if logits.device.type == "cuda":
+        torch.cuda.synchronize(logits.device)  # the pass ran asynchronously: wait for it to end
+    return (time.perf_counter() - started) * 1000.0
