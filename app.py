@@ -1,6 +1,8 @@
 """tokstep's entry point: `python app.py [--model NAME] [--host H] [--port P] [--share]`.
 
 The model comes from --model, else the TOKSTEP_MODEL environment variable, else "gpt2".
+Visitors may switch to the models in TOKSTEP_MODELS (comma-separated; default: gpt2,
+distilgpt2, tinystories), each loaded when first chosen; the app's own model is always offered.
 `demo` is module-level so the file also runs as a Hugging Face Space.
 """
 
@@ -11,6 +13,7 @@ import os
 import sys
 
 from tokstep.loading import ModelLoadError
+from tokstep.model_choice import parse_models
 from tokstep.share import launch
 from tokstep.startup import load_for_app
 from tokstep.ui import LAUNCH_OPTIONS, create_demo
@@ -39,7 +42,7 @@ try:
     lm, notice = load_for_app(args.model, env_model=os.environ.get("TOKSTEP_MODEL"), default=DEFAULT_MODEL)
 except ModelLoadError as error:
     sys.exit(f"tokstep: {error}")
-demo = create_demo(lm, notice=notice)
+demo = create_demo(lm, notice=notice, models=parse_models(os.environ.get("TOKSTEP_MODELS")))
 
 if __name__ == "__main__":
     launch(demo, host=args.host, port=args.port, share=args.share, options=LAUNCH_OPTIONS)

@@ -12,7 +12,8 @@ from typing import Any
 import gradio as gr
 
 from tokstep.engine import PromptError, Step, TokenStepper
-from tokstep.loading import LanguageModel
+from tokstep.loading import LanguageModel, ModelLoadError
+from tokstep.model_choice import ModelCache, ModelNotAllowedError
 from tokstep.sampling import SamplingSettings
 
 MAX_PROMPT_CHARS = 100_000  # GPT-2's 1024 tokens are about 4,000 characters of English
@@ -50,6 +51,22 @@ def sampling_settings(sample: Any, temperature: Any, top_k: Any, top_p: Any, see
         return SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     except ValueError as error:
         raise gr.Error(str(error)) from None
+
+
+def model_or_error(models: ModelCache, name: Any) -> LanguageModel:
+    """The allowlisted model `name` (loading it on first use); "" means the page's default.
+
+    gr.Error when the name is not text, not on the allowlist (it is never loaded then), or
+    fails to load; the message names the allowed models or says why loading failed.
+    """
+    if not isinstance(name, str):
+        raise gr.Error(f"model must be the name of a model, got {type(name).__name__}.")
+    try:
+        return models.get(name.strip() or models.default)
+    except ModelNotAllowedError as error:
+        raise gr.Error(str(error), title="Model not offered") from None
+    except ModelLoadError as error:
+        raise gr.Error(str(error), title="Cannot load the model") from None
 
 
 def new_stepper(lm: LanguageModel, prompt: Any) -> TokenStepper:

@@ -10,6 +10,8 @@ Query parameters (all optional; others, such as Gradio's own `__theme`, are igno
   steps        how many tokens to generate on opening, 0..MAX_LINK_STEPS (default 0)
   mode         "greedy" (default) or "sample"
   temperature, top_k, top_p, seed   the sampling settings (only with mode=sample)
+  model        one of the models the page offers (TOKSTEP_MODELS); default: the app's own.
+               Which names are offered is the page's business (tokstep.model_choice), not this module's.
 
 A link is exact because greedy steps are deterministic and a seeded draw depends only on
 (seed, position, settings); tokens a user picked by hand are not in a link (export the run
@@ -30,7 +32,8 @@ from tokstep.sampling import SamplingSettings
 MAX_LINK_STEPS = 256
 # Browsers and proxies refuse URLs beyond a few thousand characters anyway.
 MAX_LINK_PROMPT_CHARS = 2000
-PRESET_KEYS = frozenset({"prompt", "steps", "mode", "temperature", "top_k", "top_p", "seed"})
+MAX_LINK_MODEL_CHARS = 300  # a Hub id or a folder path; longer is no name the page offers
+PRESET_KEYS = frozenset({"prompt", "steps", "mode", "temperature", "top_k", "top_p", "seed", "model"})
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class Preset:
     prompt: str | None = None  # None: the page's own prompt
     steps: int = 0
     sampling: SamplingSettings | None = None  # None: greedy
+    model: str | None = None  # None: the page's default model; not yet checked against its allowlist
     problems: tuple[str, ...] = ()
 
 
@@ -105,7 +109,13 @@ def parse_preset(params: Mapping[str, str]) -> Preset:
             problems.append(f"{str(error).rstrip('.')}; stepping greedily instead")
     elif mode != "greedy":
         problems.append(f"`mode` must be `greedy` or `sample`, got {mode[:40]!r}; stepping greedily")
-    return Preset(prompt=prompt, steps=steps, sampling=sampling, problems=tuple(problems))
+    model = params.get("model")
+    if model is not None:
+        model = model.strip()
+        if not model or len(model) > MAX_LINK_MODEL_CHARS:
+            problems.append("the model in the link is empty or too long, so the default model is used")
+            model = None
+    return Preset(prompt=prompt, steps=steps, sampling=sampling, model=model, problems=tuple(problems))
 
 
 def apply_preset(
@@ -138,14 +148,20 @@ def apply_preset(
     return stepper, problems
 
 
-def preset_query(stepper: TokenStepper, sampling: SamplingSettings | None) -> str:
-    """The query string ("?prompt=...&steps=N...") of a link to `stepper`'s prompt and length."""
+def preset_query(stepper: TokenStepper, sampling: SamplingSettings | None, model: str | None = None) -> str:
+    """The query string ("?prompt=...&steps=N...") of a link to `stepper`'s prompt and length.
+
+    `model` is added last as `model=`; the page passes it only when the session runs another
+    model than the app's default, so links to the default model stay short.
+    """
     params: dict[str, str | int | float] = {"prompt": stepper.prompt_text, "steps": len(stepper.steps)}
     if sampling is not None:
         params.update(
             mode="sample", temperature=sampling.temperature, top_k=sampling.top_k, top_p=sampling.top_p,
             seed=sampling.seed,
         )  # fmt: skip
+    if model is not None:
+        params["model"] = model
     return "?" + urlencode(params)
 
 

@@ -238,6 +238,16 @@ def _replay(stepper: TokenStepper, recorded: _RecordedStep, top_k: int, index: i
     stepper.steps[-1] = replace(step, chosen_by=chosen_by, stop_reason=step.stop_reason or recorded.stop_reason)
 
 
+def run_model_name(run: dict[str, Any]) -> str | None:
+    """The name of the model a checked run file was made with, or None when it names none.
+
+    A page that offers several models uses it to switch to the file's model before restoring.
+    """
+    model = run.get("model")
+    name = model.get("name") if isinstance(model, dict) else None
+    return name if isinstance(name, str) and name.strip() else None
+
+
 def restore_run(lm: LanguageModel, run: dict[str, Any], max_top_k: int = 20) -> RestoredRun:
     """Rebuild the state a checked run file describes (see `parse_run`); RunFileError if it cannot."""
     warnings: list[str] = []

@@ -11,26 +11,39 @@ preprocessing is what makes sure the path it gets is a file the visitor uploaded
 For teachers: the page opens a preset from its URL (`?prompt=...&steps=N`, see
 tokstep.presets), "Copy link" gives the link to the current state, and a run exports to and
 loads from a JSON file (tokstep.runs).
+
+Model choice: `create_demo(lm, models=[...])` offers `lm` and the operator's allowlist in a
+dropdown (tokstep.model_choice loads each once and keeps it). Each session's model name is a
+gr.State (`model_choice`) that every event reads; visitors can only pick a name on the list.
 """
 
 from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from tokstep.api import generate_updates, new_stepper, number, sampling_settings, whole_number
+from tokstep.api import generate_updates, model_or_error, new_stepper, number, sampling_settings, whole_number
 from tokstep.assets import JS
 from tokstep.assets import LAUNCH_OPTIONS as PAGE_OPTIONS
 from tokstep.engine import STOP_REASON_TEXT, PromptError, TokenStepper, context_full_message
-from tokstep.loading import LanguageModel
-from tokstep.presets import apply_preset, has_preset, link_reproduces, parse_preset, preset_query
-from tokstep.runs import MAX_RUN_BYTES, RunFileError, dumps_run, export_run, read_run_file, restore_run
+from tokstep.loading import LanguageModel, ModelLoadError
+from tokstep.model_choice import ModelCache, allowed_models
+from tokstep.presets import Preset, apply_preset, has_preset, link_reproduces, parse_preset, preset_query
+from tokstep.runs import (
+    MAX_RUN_BYTES,
+    RunFileError,
+    dumps_run,
+    export_run,
+    read_run_file,
+    restore_run,
+    run_model_name,
+)
 from tokstep.sampling import SamplingSettings
 from tokstep.views import LEGEND, ViewSettings, render, step_note, token_id_of_label_key
 
@@ -166,10 +179,10 @@ def sampling_values(sampling: SamplingSettings | None) -> tuple[Any, ...]:
 
 
 def open_preset(
-    lm: LanguageModel, params: dict[str, str], prompt: Any, settings: ViewSettings
+    lm: LanguageModel, preset: Preset, prompt: Any, settings: ViewSettings
 ) -> tuple[tuple[Any, ...], str | None, SamplingSettings | None]:
-    """The view for a page opened with a preset link, the prompt to show, and the sampling to set."""
-    preset = parse_preset(params)
+    """The view for a page opened with a preset link (on the model already chosen for it), the
+    prompt to show, and the sampling to set."""
     problems = []
     if (why := sampling_fits_page(preset.sampling)) is not None:
         problems.append(f"{why}; stepping greedily")
@@ -201,23 +214,76 @@ def write_export(folder: Path, run: dict) -> str:
     return str(path)
 
 
+def status_only(note: str) -> tuple[Any, ...]:
+    """View outputs that change only the status line: the state, tokens and tables stay."""
+    return (gr.skip(), gr.skip(), gr.skip(), note, gr.skip(), gr.skip(), gr.skip())
+
+
+def switch_model(
+    cache: ModelCache, choice: Any, name: str, stepper: TokenStepper | None, text: Any, settings: ViewSettings
+) -> Iterator[tuple[Any, ...]]:
+    """Move a session from model `name` to `choice`. Yields the view, the session's model name and
+    the dropdown: first a "Loading" status (when `choice` is not loaded yet), then the result.
+
+    On success the session starts over from the prompt box on the new model. On failure a
+    warning says why, the dropdown goes back to `name`, and the tokens stay as they were.
+    """
+    if not cache.is_allowed(choice):  # only an API client can send this: the dropdown offers the list
+        raise gr.Error(cache.refusal(choice), title="Model not offered")
+    choice = choice.strip()
+    if choice == name:
+        yield (*(gr.skip(),) * 7, gr.skip(), gr.skip())
+        return
+    if not cache.is_loaded(choice):
+        loading = f"⏳ Loading **{choice}**… (the first time takes a while; the page stays on **{name}** until then)"
+        yield (*status_only(loading), gr.skip(), gr.Dropdown(interactive=False))
+    try:
+        lm = cache.get(choice)
+    except ModelLoadError as error:
+        message = f"Could not switch to '{choice}': {error} The page stays on '{name}'."
+        gr.Warning(message, title="Model not loaded")
+        shown = render(stepper, settings, f"⚠️ {message}") if stepper is not None else status_only(f"⚠️ {message}")
+        yield (*shown, gr.skip(), gr.Dropdown(value=name, interactive=True))
+        return
+    try:
+        shown = render(new_stepper(lm, text), settings, f"Switched to **{choice}**: started over from the prompt.")
+    except PromptError as error:
+        shown = render(None, settings, f"Switched to **{choice}**. ⚠️ {error}")
+    yield (*shown, choice, gr.Dropdown(value=choice, interactive=True))
+
+
 def create_demo(
     lm: LanguageModel,
     *,
     prompt: str = DEFAULT_PROMPT,
     notice: str | None = None,
     limits: ServerLimits = ServerLimits(),  # noqa: B008 (frozen, so sharing the default is safe)
+    models: Sequence[str] | None = None,
 ) -> gr.Blocks:
-    """The tokstep page for `lm`. `notice` is shown at the top (e.g. why a fallback model runs)."""
+    """The tokstep page for `lm`. `notice` is shown at the top (e.g. why a fallback model runs).
+
+    `models` are the other models visitors may choose (the operator's allowlist; `lm` is
+    always offered, first, and is every session's default). Without it the page offers only
+    `lm`, and a run file made with another model loads on `lm` with a warning, as it always did;
+    with it, a run file switches to its model when that is offered and is refused otherwise.
+    """
+    offers_choice = models is not None
+    cache = ModelCache(allowed_models(lm.name, models or ()), loaded=[lm])
+    default_model = cache.default
     with gr.Blocks(title="tokstep: watch a language model write") as demo:
         gr.Markdown(
             "# tokstep: watch a language model write, one token at a time\n"
-            f"Model: **{lm.name}**. Type a prompt, see its tokens and the model's most likely next "
+            "Type a prompt, see its tokens and the model's most likely next "
             "tokens, then press **Step** (or Ctrl+Enter) to append the most likely one, click a "
             "candidate to take it instead, or **Auto-run** to keep going."
         )
         if notice:
             gr.Markdown(f"⚠️ {notice}", elem_id="notice")
+        model_dropdown = gr.Dropdown(
+            choices=list(cache.allowed), value=default_model, label="Model", elem_id="model",
+            interactive=len(cache.allowed) > 1, allow_custom_value=False,
+            info="Another model loads when first chosen, then the page starts over from the prompt.",
+        )  # fmt: skip
         prompt_box = gr.Textbox(value=prompt, label="Prompt", lines=2, max_lines=8, elem_id="prompt")
         with gr.Row():
             step_button = gr.Button("Step", variant="primary", elem_id="step")
@@ -280,70 +346,124 @@ def create_demo(
                 headers=["id", "token", "p"], label="Top next tokens", interactive=False, elem_id="topk-table"
             )
         state = gr.State(None, time_to_live=STATE_TTL_S)
+        # The session's model name, read by every event. No time to live: it is a short string,
+        # and a page that lost it would quietly fall back to the default model.
+        model_choice = gr.State(default_model)
         view = [state, tokens, topk, status, token_table, topk_table, text_box]
         settings = [top_k_size, mode, temperature, sample_top_k, top_p, seed, score_box]
         sampling_controls = [mode, temperature, sample_top_k, top_p, seed]
         export_folder = Path(tempfile.mkdtemp(prefix="tokstep-exports-"))
         raw = {"preprocess": False, "show_progress": "hidden"}
 
-        def on_start(text: Any, *values: Any) -> tuple[Any, ...]:
-            return start(lm, text, read_settings(*values))
+        # For the chat tab (and any later one): `model_choice` above is the session's model name,
+        # and `lm_for(name)` the loaded model for a name (gr.Error when it is not offered or fails).
+        # add_chat(model_choice, lm_for) needs nothing else.
+        def lm_for(name: str) -> LanguageModel:
+            return model_or_error(cache, name)
 
-        def on_step(stepper: TokenStepper | None, text: Any, *values: Any) -> tuple[Any, ...]:
+        def on_start(name: str, text: Any, *values: Any) -> tuple[Any, ...]:
+            return start(lm_for(name), text, read_settings(*values))
+
+        def on_step(stepper: TokenStepper | None, name: str, text: Any, *values: Any) -> tuple[Any, ...]:
             chosen = read_settings(*values)
-            return append(current(lm, stepper, text), chosen)
+            return append(current(lm_for(name), stepper, text), chosen)
 
         def on_autorun(
-            stepper: TokenStepper | None, text: Any, n: Any, pace: Any, *values: Any
+            stepper: TokenStepper | None, name: str, text: Any, n: Any, pace: Any, *values: Any
         ) -> Iterator[tuple[Any, ...]]:
             n = whole_number(n, "Tokens to auto-run", 1, MAX_AUTORUN_TOKENS)
             pause_s = 1.0 / number(pace, "Speed", MIN_SPEED, MAX_SPEED)
             chosen = read_settings(*values)
-            yield from autorun(current(lm, stepper, text), chosen, n, pause_s)
+            yield from autorun(current(lm_for(name), stepper, text), chosen, n, pause_s)
 
-        def on_undo(stepper: TokenStepper | None, text: Any, *values: Any) -> tuple[Any, ...]:
-            return undo(current(lm, stepper, text), read_settings(*values))
+        def on_undo(stepper: TokenStepper | None, name: str, text: Any, *values: Any) -> tuple[Any, ...]:
+            return undo(current(lm_for(name), stepper, text), read_settings(*values))
 
-        def on_edit(stepper: TokenStepper | None, text: Any, *values: Any) -> tuple[Any, ...]:
+        def on_edit(stepper: TokenStepper | None, name: str, text: Any, *values: Any) -> tuple[Any, ...]:
             # A link or a run file set the prompt together with its state: nothing to redo.
             if stepper is not None and stepper.prompt_text == text:
                 return tuple(gr.skip() for _ in view)
-            return start(lm, text, read_settings(*values))
+            return start(lm_for(name), text, read_settings(*values))
 
-        def on_load(request: gr.Request, text: Any, *values: Any) -> tuple[Any, ...]:
+        def on_model(
+            choice: Any, stepper: TokenStepper | None, name: str, text: Any, *values: Any
+        ) -> Iterator[tuple[Any, ...]]:
+            yield from switch_model(cache, choice, name, stepper, text, read_settings(*values))
+
+        def on_load(request: gr.Request, name: str, text: Any, *values: Any) -> Iterator[tuple[Any, ...]]:
             chosen = read_settings(*values)
             params = dict(request.query_params) if request is not None else {}
+            unchanged = (gr.skip(),) * (1 + len(sampling_controls) + 2)  # prompt, sampling, model, dropdown
             if not has_preset(params):
-                return (*start(lm, text, chosen), gr.skip(), *(gr.skip() for _ in sampling_controls))
-            shown, prompt_text, sampling = open_preset(lm, params, text, chosen)
+                yield (*start(lm_for(name), text, chosen), *unchanged)
+                return
+            preset = parse_preset(params)
+            chosen_model, problem = name, None
+            if preset.model is not None and preset.model != name:
+                if not cache.is_allowed(preset.model):
+                    problem = f"{cache.refusal(preset.model).rstrip('.')}; running {name}"
+                else:
+                    if not cache.is_loaded(preset.model):
+                        yield (*status_only(f"⏳ Loading **{preset.model}** for this link…"), *unchanged)
+                    try:
+                        cache.get(preset.model)
+                        chosen_model = preset.model
+                    except ModelLoadError as error:
+                        why = str(error).rstrip(".")
+                        problem = f"the model '{preset.model}' could not be loaded ({why}); running {name}"
+            if problem is not None:
+                preset = replace(preset, problems=(*preset.problems, problem))
+            shown, prompt_text, sampling = open_preset(lm_for(chosen_model), preset, text, chosen)
             new_prompt = prompt_text if prompt_text is not None and prompt_text != text else gr.skip()
             controls = sampling_values(sampling) if sampling else (gr.skip(),) * len(sampling_controls)
-            return (*shown, new_prompt, *controls)
+            switched = (chosen_model, chosen_model) if chosen_model != name else (gr.skip(), gr.skip())
+            yield (*shown, new_prompt, *controls, *switched)
 
-        def on_link(stepper: TokenStepper | None, text: Any, *values: Any) -> str:
+        def on_link(stepper: TokenStepper | None, name: str, text: Any, *values: Any) -> str:
             chosen = read_settings(*values)
-            stepper = current(lm, stepper, text)
+            stepper = current(lm_for(name), stepper, text)
             if not link_reproduces(stepper, chosen.sampling):
                 gr.Warning(
                     "This link gives the prompt and the number of tokens, stepped with the current settings: "
                     "tokens you picked by hand or stepped with other settings may come out differently. "
                     "Export the run to keep them exactly."
                 )
-            return preset_query(stepper, chosen.sampling)
+            # The model goes into the link only when it is not the default, so plain links stay short.
+            model = stepper.lm.name if stepper.lm.name != default_model else None
+            return preset_query(stepper, chosen.sampling, model)
 
-        def on_export(stepper: TokenStepper | None, text: Any, *values: Any) -> str:
+        def on_export(stepper: TokenStepper | None, name: str, text: Any, *values: Any) -> str:
             chosen = read_settings(*values)
-            run = export_run(current(lm, stepper, text), chosen.top_k, chosen.sampling, chosen.score_prompt)
+            run = export_run(current(lm_for(name), stepper, text), chosen.top_k, chosen.sampling, chosen.score_prompt)
             return write_export(export_folder, run)
 
-        def on_import(path: Any, text: Any) -> tuple[Any, ...]:
+        def run_model(run: dict, name: str) -> LanguageModel:
+            """The model to restore a run file on: the file's own when the page offers a choice."""
+            wanted = run_model_name(run)
+            if not offers_choice or wanted is None or wanted == name:
+                return lm_for(name)
+            if not cache.is_allowed(wanted):
+                raise RunFileError(
+                    f"This run was made with the model '{wanted[:100]}', which this page does not offer "
+                    f"({', '.join(cache.allowed)})."
+                )
+            try:
+                return cache.get(wanted)
+            except ModelLoadError as error:
+                raise RunFileError(
+                    f"This run was made with the model '{wanted}', which could not be loaded: {error}"
+                ) from None
+
+        def on_import(path: Any, name: str, text: Any) -> tuple[Any, ...]:
             # The file sets every setting, so the page's own are not read.
             if not isinstance(path, str):
                 raise gr.Error("No file came with the upload.", title="Cannot load the run")
             try:
-                restored = restore_run(lm, read_run_file(path), MAX_TOP_K)
+                run = read_run_file(path)
+                run_lm = run_model(run, name)
+                restored = restore_run(run_lm, run, MAX_TOP_K)
             except RunFileError as error:
-                # gr.Error changes no output: the tokens and settings on the page stay as they were.
+                # gr.Error changes no output: the tokens, settings and model stay as they were.
                 raise gr.Error(f"{error} Nothing on the page was changed.", title="Cannot load the run") from None
             warnings = list(restored.warnings)
             sampling = restored.sampling
@@ -353,19 +473,23 @@ def create_demo(
             for warning in warnings:
                 gr.Warning(warning)
             settings_now = ViewSettings(restored.top_k, sampling, restored.score_prompt)
-            note = f"Loaded a run: {len(restored.stepper.steps)} generated tokens." + "".join(
+            switched = f" Switched to **{run_lm.name}**, the run's model." if run_lm.name != name else ""
+            note = f"Loaded a run: {len(restored.stepper.steps)} generated tokens.{switched}" + "".join(
                 f" ⚠️ {warning}" for warning in warnings
             )
             shown = render(restored.stepper, settings_now, note)
             new_prompt = restored.stepper.prompt_text if restored.stepper.prompt_text != text else gr.skip()
-            return (*shown, new_prompt, restored.top_k, *sampling_values(sampling), restored.score_prompt)
+            return (
+                *shown, new_prompt, restored.top_k, *sampling_values(sampling), restored.score_prompt, run_lm.name,
+            )  # fmt: skip
 
-        def on_view(stepper: TokenStepper | None, text: Any, *values: Any) -> tuple[Any, ...]:
+        def on_view(stepper: TokenStepper | None, name: str, text: Any, *values: Any) -> tuple[Any, ...]:
             chosen = read_settings(*values)
-            return render(stepper, chosen) if stepper is not None else start(lm, text, chosen)
+            return render(stepper, chosen) if stepper is not None else start(lm_for(name), text, chosen)
 
         def on_pick(
             stepper: TokenStepper | None,
+            name: str,
             text: Any,
             k: Any,
             how: Any,
@@ -378,35 +502,35 @@ def create_demo(
         ) -> tuple[Any, ...]:
             token_id = token_id_of_label_key(str(event.value))
             chosen = read_settings(k, how, temp, sample_k, p, draw_seed, score)
-            stepper = current(lm, stepper, text)
+            stepper = current(lm_for(name), stepper, text)
             if token_id is None:
                 return render(stepper, chosen)
             return append(stepper, chosen, token_id=token_id)
 
         autorun_event = autorun_button.click(
-            on_autorun, inputs=[state, prompt_box, n_tokens, speed, *settings], outputs=view,
+            on_autorun, inputs=[state, model_choice, prompt_box, n_tokens, speed, *settings], outputs=view,
             api_name="autorun", api_visibility="undocumented", concurrency_limit=limits.autorun_workers, **raw,
         )  # fmt: skip
         step_event = step_button.click(
-            on_step, inputs=[state, prompt_box, *settings], outputs=view,
+            on_step, inputs=[state, model_choice, prompt_box, *settings], outputs=view,
             api_name="step", api_visibility="undocumented", **raw,
         )  # fmt: skip
         undo_button.click(
-            on_undo, inputs=[state, prompt_box, *settings], outputs=view,
+            on_undo, inputs=[state, model_choice, prompt_box, *settings], outputs=view,
             api_name="undo", api_visibility="undocumented", cancels=[autorun_event], **raw,
         )  # fmt: skip
         topk.select(
-            on_pick, inputs=[state, prompt_box, *settings], outputs=view,
+            on_pick, inputs=[state, model_choice, prompt_box, *settings], outputs=view,
             api_visibility="private", cancels=[autorun_event], **raw,
         )  # fmt: skip
         gr.on(
-            [control.change for control in settings], on_view, inputs=[state, prompt_box, *settings], outputs=view,
-            api_name="view", api_visibility="undocumented", trigger_mode="always_last", **raw,
+            [control.change for control in settings], on_view, inputs=[state, model_choice, prompt_box, *settings],
+            outputs=view, api_name="view", api_visibility="undocumented", trigger_mode="always_last", **raw,
         )  # fmt: skip
         # Reset, typing and choosing an example stop a running Auto-run or Step, which would
         # otherwise write the old text back.
         reset_button.click(
-            on_start, inputs=[prompt_box, *settings], outputs=view,
+            on_start, inputs=[model_choice, prompt_box, *settings], outputs=view,
             api_name="reset", api_visibility="undocumented", cancels=[autorun_event, step_event],
             trigger_mode="always_last", **raw,
         )  # fmt: skip
@@ -414,28 +538,40 @@ def create_demo(
         # It cancels nothing itself: typing and choosing an example stop a run (below), while the
         # change that a link or a run file makes must not cancel a Step clicked right after it.
         prompt_box.change(
-            on_edit, inputs=[state, prompt_box, *settings], outputs=view, api_visibility="private",
+            on_edit, inputs=[state, model_choice, prompt_box, *settings], outputs=view, api_visibility="private",
             trigger_mode="always_last", **raw,
         )  # fmt: skip
         prompt_box.input(None, cancels=[autorun_event, step_event])
         # The first load starts from the prompt box, or from the preset in the page's URL.
         demo.load(
-            on_load, inputs=[prompt_box, *settings], outputs=[*view, prompt_box, *sampling_controls],
-            api_visibility="private", **raw,
+            on_load, inputs=[model_choice, prompt_box, *settings],
+            outputs=[*view, prompt_box, *sampling_controls, model_choice, model_dropdown], api_visibility="private",
+            **raw,
+        )  # fmt: skip
+        # Choosing a model loads it (the status says so) and starts over from the prompt box.
+        # `input`, not `change`: setting the dropdown back after a failed load must not trigger it.
+        model_dropdown.input(
+            on_model, inputs=[model_dropdown, state, model_choice, prompt_box, *settings],
+            outputs=[*view, model_choice, model_dropdown], api_name="model", api_visibility="undocumented",
+            cancels=[autorun_event, step_event], preprocess=False, show_progress="minimal",
         )  # fmt: skip
         copy_link.click(
-            on_link, inputs=[state, prompt_box, *settings], outputs=link_box,
+            on_link, inputs=[state, model_choice, prompt_box, *settings], outputs=link_box,
             api_name="link", api_visibility="undocumented", **raw,
         ).then(None, inputs=link_box, outputs=link_box, js=COPY_LINK_JS)  # fmt: skip
         export_button.click(
-            on_export, inputs=[state, prompt_box, *settings], outputs=export_file,
+            on_export, inputs=[state, model_choice, prompt_box, *settings], outputs=export_file,
             api_name="export", api_visibility="undocumented", **raw,
         )  # fmt: skip
         # Preprocessed (unlike the other events) so the path is checked to be an upload.
         import_button.upload(
-            on_import, inputs=[import_button, prompt_box],
-            outputs=[*view, prompt_box, *settings], api_name="import", api_visibility="undocumented",
+            on_import, inputs=[import_button, model_choice, prompt_box],
+            outputs=[*view, prompt_box, *settings, model_choice], api_name="import", api_visibility="undocumented",
             cancels=[autorun_event, step_event], show_progress="hidden",
+        ).then(
+            # The dropdown follows the run's model; a separate event keeps /import's outputs as they were.
+            lambda name: name, inputs=model_choice, outputs=model_dropdown, api_visibility="private",
+            show_progress="hidden",
         )  # fmt: skip
         # Choosing an example changes the prompt box, which starts over (the change event above).
         examples = gr.Examples([[DEFAULT_PROMPT], [NOTEBOOK_PROMPT]], inputs=prompt_box, label="Example prompts")
@@ -450,12 +586,15 @@ def create_demo(
             top_k: int = 0,
             top_p: float = 1.0,
             seed: int = 0,
+            model: str = "",
         ) -> Iterator[dict]:
             """Generation streamed one token at a time, greedy unless `sample` is true (then seeded:
             the same seed and settings give the same tokens). Each update is {text, token_id, token,
             prob, top: [[token_id, token, prob], ...], rest_prob, position, chosen_by, rank, entropy,
-            sampling_prob, stop_reason}; probabilities are always the model's own."""
-            yield from generate_updates(lm, prompt, max_new_tokens, sample, temperature, top_k, top_p, seed)
+            sampling_prob, stop_reason}; probabilities are always the model's own. `model` is one of
+            the models the page offers ("" = the default); another name is refused."""
+            chosen_lm = lm_for(model)
+            yield from generate_updates(chosen_lm, prompt, max_new_tokens, sample, temperature, top_k, top_p, seed)
 
         gr.api(generate, api_name="generate")
     demo.queue(default_concurrency_limit=limits.workers, max_size=limits.max_queue)
