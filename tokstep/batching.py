@@ -174,11 +174,16 @@ class ForwardBatcher:
         )
         for index, layer in enumerate(padded.layers):
             first = caches[0].layers[index]
-            keys = first.keys.new_zeros((batch_size, *first.keys.shape[1:2], longest, *first.keys.shape[3:]))
-            values = first.values.new_zeros((batch_size, *first.values.shape[1:2], longest, *first.values.shape[3:]))
+            keys = first.keys.new_empty((batch_size, first.keys.shape[1], longest, first.keys.shape[3]))
+            values = first.values.new_empty((batch_size, first.values.shape[1], longest, first.values.shape[3]))
             for row, (cache, length) in enumerate(zip(caches, lengths, strict=True)):
-                keys[row, :, longest - length :] = cache.layers[index].keys[0]
-                values[row, :, longest - length :] = cache.layers[index].values[0]
+                pad = longest - length
+                # Masked out, but zeroed all the same: uninitialised memory may hold NaNs,
+                # and a masked NaN still poisons the attention's matmul.
+                keys[row, :, :pad] = 0
+                values[row, :, :pad] = 0
+                keys[row, :, pad:] = cache.layers[index].keys[0]
+                values[row, :, pad:] = cache.layers[index].values[0]
             layer.keys, layer.values = keys, values
         device = self.model.device
         input_ids = torch.tensor([request.ids for request in requests], device=device)  # (B, 1)
