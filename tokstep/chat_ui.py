@@ -38,6 +38,26 @@ DEFAULT_SPEED, MIN_SPEED, MAX_SPEED = 3.0, 0.5, 20.0  # tokens per second, as on
 STATE_TTL_S = 3600
 # Colours of the template's tokens: control tokens stand out, the rest of its text is grey.
 SPECIAL_COLOR, TEMPLATE_COLOR = "#fecaca", "#e5e7eb"
+# As the main page styles #tokens (tokstep.assets.CSS): dark chip text at WCAG AA contrast, labels
+# as written, touch-sized buttons. Sent in the section itself, so add_chat needs nothing at launch.
+CHAT_CSS = """
+#chat-tokens .textfield { line-height: 2.2; }
+#chat-tokens .token .text, #chat-tokens .token .label { color: #111 !important; }
+#chat-tokens .token .label { text-transform: none !important; }
+#chat-legend .chip { color: #111; padding: 0 .4em; border-radius: 4px; white-space: nowrap; }
+#chat-send, #chat-step, #chat-autorun, #chat-stop, #chat-undo, #chat-clear { min-height: 44px; }
+#chat-stop { background: #b91c1c !important; border-color: #b91c1c !important; color: #fff !important; }
+"""
+LEGEND = (
+    f"<style>{CHAT_CSS}</style>"
+    f'<span class="chip" style="background:{SPECIAL_COLOR}">&lt;|im_start|&gt; id · special</span> '
+    "a control token of the template · "
+    f'<span class="chip" style="background:{TEMPLATE_COLOR}">user id · template</span> '
+    "other text the template adds (roles, line breaks) · "
+    f'<span class="chip" style="background:{PROMPT_COLOR}">Hello id</span> the messages\' text · '
+    f'<span class="chip" style="background:{RANK_COLORS["top 1"]}">Once +id · #1</span> '
+    "a token of the reply (+), with its rank, coloured by rank as on the main page"
+)
 INTRO = (
     "## Chat mode\n"
     "**Send** adds your message to the chat and wraps the conversation in the model's chat template; "
@@ -158,7 +178,9 @@ def add_chat(model_choice: gr.Component, lm_for: Callable[[Any], LanguageModel],
     """
     with gr.Column(elem_id="chat"):
         gr.Markdown(INTRO, elem_id="chat-intro")
-        chatbot = gr.Chatbot(label="Chat", elem_id="chat-bot", height=320, feedback_options=None)
+        chatbot = gr.Chatbot(
+            label="Chat", elem_id="chat-bot", height=320, feedback_options=None, buttons=["copy", "copy_all"]
+        )
         with gr.Row():
             message = gr.Textbox(
                 label="Your message", placeholder="Say something to the model", lines=2, scale=4, elem_id="chat-message"
@@ -178,6 +200,7 @@ def add_chat(model_choice: gr.Component, lm_for: Callable[[Any], LanguageModel],
             label="Tokens of the reply, each with its id (the template's too when shown)", elem_id="chat-tokens",
             show_legend=False, combine_adjacent=False, show_inline_category=True,
         )  # fmt: skip
+        gr.HTML(LEGEND, elem_id="chat-legend")
         status = gr.Markdown(elem_id="chat-status")
         with gr.Accordion(
             "Chat settings: greedy or sampling, top-k size, Auto-run", open=False, elem_id="chat-settings"
@@ -259,11 +282,13 @@ def add_chat(model_choice: gr.Component, lm_for: Callable[[Any], LanguageModel],
         chosen = read_settings(*values)
         return append(session_for(session, name), chosen)
 
-    def on_pick(session: Any, name: Any, *values_and_event: Any) -> tuple[Any, ...]:
-        *values, event = values_and_event
-        chosen = read_settings(*values)
+    def on_pick(
+        session: Any, name: Any, show: Any, k: Any, how: Any, temp: Any, draw_seed: Any, event: gr.SelectData
+    ) -> tuple[Any, ...]:
+        # Named parameters: Gradio passes the event data by the annotation of a named one.
+        chosen = read_settings(show, k, how, temp, draw_seed)
         session = session_for(session, name)
-        token_id = token_id_of_label_key(str(getattr(event, "value", "")))
+        token_id = token_id_of_label_key(str(event.value))
         if token_id is None:
             return render(session, chosen)
         return append(session, chosen, token_id)
@@ -326,6 +351,8 @@ def add_chat(model_choice: gr.Component, lm_for: Callable[[Any], LanguageModel],
     clear_button.click(
         on_clear, inputs=[state, model_choice, *settings], outputs=view, api_name="chat_clear", cancels=runs, **api
     )
+    # The Chatbot's own trash button empties it in the browser: the session starts over too.
+    chatbot.clear(on_clear, inputs=[state, model_choice, *settings], outputs=view, cancels=runs, **private)
     topk.select(on_pick, inputs=[state, model_choice, *settings], outputs=view, cancels=[autorun_event], **private)
     stop_button.click(None, cancels=[autorun_event])
     # A changed setting or model redraws the view; so does the page's first load.
