@@ -12,6 +12,7 @@ median kept. Prints a table and the ratios the performance targets are stated in
 
     python -m bench.engine                 # everything (a few minutes on 2 CPU cores)
     python -m bench.engine --quick         # fewer repetitions, shorter notebook loop
+    python -m bench.engine --smoke         # the bundled model only, 1 repetition (the test suite's)
 """
 
 from __future__ import annotations
@@ -124,13 +125,16 @@ def print_row(row: dict, flush: bool = False) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 repetitions and a 16-token notebook loop")
+    parser.add_argument(
+        "--smoke", action="store_true", help="the bundled model only, 1 repetition, 4-token notebook loop"
+    )
     parser.add_argument("--repeats", type=int, default=7, help="timed repetitions per cell (median kept)")
     args = parser.parse_args()
-    repeats = 3 if args.quick else args.repeats
-    notebook_tokens = 16 if args.quick else 32
+    repeats = 1 if args.smoke else 3 if args.quick else args.repeats
+    notebook_tokens = 4 if args.smoke else 16 if args.quick else 32
     hf_logging.set_verbosity_error()  # generate's notes on its defaults are not results
 
-    models = [gpt2_small_shape(gpt2_tokenizer())]
+    models = [] if args.smoke else [gpt2_small_shape(gpt2_tokenizer())]
     if "tinystories" in tokstep.bundled_models():
         models.append(tokstep.load("tinystories"))
     print_header()

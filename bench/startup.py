@@ -12,7 +12,7 @@ Three parts, all in fresh processes (a warm process would hide the imports):
 
     python -m bench.startup            # 5 starts, 3 phase runs, the import breakdown
     python -m bench.startup --quick    # 3 starts, 1 phase run
-    python -m bench.startup --smoke    # 1 start, 1 phase run, no import breakdown (the test suite's)
+    python -m bench.startup --smoke    # 1 start, no breakdown (the test suite's)
 """
 
 from __future__ import annotations
@@ -176,7 +176,7 @@ def import_breakdown(top: int, threshold: float) -> tuple[list[tuple[str, float]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="3 starts, 1 phase run")
-    parser.add_argument("--smoke", action="store_true", help="1 start, 1 phase run, no import breakdown")
+    parser.add_argument("--smoke", action="store_true", help="1 start, no breakdown")
     parser.add_argument("--repeats", type=int, default=5, help="starts of app.py (median kept)")
     parser.add_argument("--model", default=BUNDLED, help="the model app.py starts with")
     parser.add_argument("--top", type=int, default=15, help="rows of the import breakdown")
@@ -188,7 +188,7 @@ def main() -> None:
         child_phases(args.model)
         return
     starts = 1 if args.smoke else 3 if args.quick else args.repeats
-    phase_runs = 1 if args.smoke or args.quick else 3
+    phase_runs = 1 if args.quick else 3
 
     print(machine_line())
     times = [app_start_s(args.model) for _ in range(starts)]
@@ -199,6 +199,8 @@ def main() -> None:
         markdown=args.markdown,
     )
 
+    if args.smoke:
+        return
     runs = [phases_s(args.model) for _ in range(phase_runs)]
     names = list(runs[0])
     phase_medians = {name: median([run.get(name, float("nan")) for run in runs]) for name in names}
@@ -207,8 +209,6 @@ def main() -> None:
     rows = [[name, fmt(seconds, 2), fmt(100 * seconds / total, 0)] for name, seconds in phase_medians.items()]
     print_table(["phase", "s", "%"], [*rows, ["total", fmt(total, 2), "100"]], markdown=args.markdown)
 
-    if args.smoke:
-        return
     packages, largest, import_total = import_breakdown(args.top, args.threshold)
     print(f"\nimport tokstep.ui under -X importtime ({import_total:.2f} s in all; importtime adds its own overhead):")
     print_table(
