@@ -549,8 +549,10 @@ def create_demo(
             **raw,
         )  # fmt: skip
         # Choosing a model loads it (the status says so) and starts over from the prompt box.
-        # `input`, not `change`: setting the dropdown back after a failed load must not trigger it.
-        model_dropdown.input(
+        # `change` fires once per choice, by mouse or keyboard (in Gradio 6.31 `input` fires twice and
+        # `select` misses the keyboard). When the page sets the dropdown itself (back after a failed load,
+        # to a link's or a run file's model) it fires too, and finds the session on that model already.
+        model_dropdown.change(
             on_model, inputs=[model_dropdown, state, model_choice, prompt_box, *settings],
             outputs=[*view, model_choice, model_dropdown], api_name="model", api_visibility="undocumented",
             cancels=[autorun_event, step_event], preprocess=False, show_progress="minimal",
