@@ -159,3 +159,10 @@ def test_a_run_file_from_a_model_off_the_list_changes_nothing(client, tiny_lm, t
     assert generated_ids(before) == greedy(tiny_lm, PROMPT, 1)
     assert generated_ids(after) == greedy(tiny_lm, PROMPT, 2)  # the page's run went on as if nothing came
     assert after[TEXT] == PROMPT + tiny_lm.texts.decode(greedy(tiny_lm, PROMPT, 2))
+
+
+def test_generate_names_its_model_argument_last(client):
+    info = client.view_api(return_format="dict", print_info=False)
+    parameters = [p["parameter_name"] for p in info["named_endpoints"]["/generate"]["parameters"]]
+    assert parameters == ["prompt", "max_new_tokens", "sample", "temperature", "top_k", "top_p", "seed", "model"]
+    assert "model` is one of the models the page offers" in str(info["named_endpoints"]["/generate"])

@@ -66,6 +66,12 @@ TEMPERATURE_RANGE, SAMPLE_TOP_K_MAX, TOP_P_MIN = (0.1, 2.0), 100, 0.05
 LAUNCH_OPTIONS = {**PAGE_OPTIONS, "max_file_size": MAX_RUN_BYTES + 1_000_000}
 EXPORT_TTL_S = 600  # exported files are copied to Gradio's cache at once; ours can go soon after
 
+GENERATE_DOC = """Generation streamed one token at a time, greedy unless `sample` is true (then seeded: the
+same seed and settings give the same tokens). Each update is {text, token_id, token, prob, top: [[token_id,
+token, prob], ...], rest_prob, position, chosen_by, rank, entropy, sampling_prob, stop_reason}; probabilities
+are always the model's own."""
+MODEL_ARGUMENT_DOC = """ `model` is one of the models the page offers ("" = the default); another name is refused."""
+
 # "Copy link": the server sends the query ("?prompt=..."); the browser makes it a full link to
 # the demo (its root, also inside an iframe or a <gradio-app>) and copies it where allowed.
 COPY_LINK_JS = """
@@ -590,14 +596,24 @@ def create_demo(
             seed: int = 0,
             model: str = "",
         ) -> Iterator[dict]:
-            """Generation streamed one token at a time, greedy unless `sample` is true (then seeded:
-            the same seed and settings give the same tokens). Each update is {text, token_id, token,
-            prob, top: [[token_id, token, prob], ...], rest_prob, position, chosen_by, rank, entropy,
-            sampling_prob, stop_reason}; probabilities are always the model's own. `model` is one of
-            the models the page offers ("" = the default); another name is refused."""
             chosen_lm = lm_for(model)
             yield from generate_updates(chosen_lm, prompt, max_new_tokens, sample, temperature, top_k, top_p, seed)
 
-        gr.api(generate, api_name="generate")
+        def generate_on_the_one_model(
+            prompt: str,
+            max_new_tokens: int = 20,
+            sample: bool = False,
+            temperature: float = 1.0,
+            top_k: int = 0,
+            top_p: float = 1.0,
+            seed: int = 0,
+        ) -> Iterator[dict]:
+            yield from generate(prompt, max_new_tokens, sample, temperature, top_k, top_p, seed)
+
+        # The docstrings are the API page's description. A page without a model list keeps
+        # /generate's arguments exactly as they were: there is no model to name.
+        generate.__doc__ = GENERATE_DOC + MODEL_ARGUMENT_DOC
+        generate_on_the_one_model.__doc__ = GENERATE_DOC
+        gr.api(generate if offers_choice else generate_on_the_one_model, api_name="generate")
     demo.queue(default_concurrency_limit=limits.workers, max_size=limits.max_queue)
     return demo
