@@ -1,0 +1,99 @@
+"""The benchmark scripts run from the repository root and print their tables.
+
+Each runs in its quickest mode (`--smoke`: the bundled model, one repetition) in a subprocess, all
+at once to keep the suite short. Only what they print is checked, never how fast anything was:
+timings belong in docs/performance.md, not in assertions.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from conftest import ROOT
+
+import tokstep
+
+SCRIPTS = ("engine", "server", "classroom", "startup", "threads", "bandwidth")
+TIMEOUT_S = 600  # a generous bound for a busy machine: a hang fails the test, slowness does not
+
+pytestmark = pytest.mark.skipif("tinystories" not in tokstep.bundled_models(), reason="needs the bundled model")
+
+
+@pytest.fixture(scope="module")
+def outputs() -> dict[str, subprocess.CompletedProcess]:
+    # One torch thread each: six processes share the cores, and idle OpenMP threads spinning
+    # in one would only slow the others down.
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1"}
+    processes = {
+        name: subprocess.Popen(
+            [sys.executable, "-m", f"bench.{name}", "--smoke"],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for name in SCRIPTS
+    }
+    results = {}
+    for name, process in processes.items():
+        try:
+            stdout, stderr = process.communicate(timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            stdout, stderr = process.communicate()
+        results[name] = subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+    return results
+
+
+def table_row(stdout: str, first_cell: str) -> list[str]:
+    """The cells of the table row that starts with `first_cell`."""
+    for line in stdout.splitlines():
+        cells = line.split()
+        if cells and line.startswith(first_cell):
+            return cells
+    raise AssertionError(f"no row starting {first_cell!r} in:\n{stdout}")
+
+
+def check_ran(result: subprocess.CompletedProcess, *expected: str) -> None:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout}\n{result.stderr[-4000:]}"
+    assert result.stdout.startswith(("machine:", "torch")), result.stdout
+    for text in expected:
+        assert text in result.stdout, f"{text!r} missing from:\n{result.stdout}"
+
+
+def test_engine(outputs):
+    check_ran(outputs["engine"], "steps/bare", "gen/steps")
+    assert table_row(outputs["engine"].stdout, "tinystories")[1] == "8"  # the 8-token prompt's row
+
+
+def test_server_streams_the_engines_tokens(outputs):
+    check_ran(outputs["server"], "overhead ms/tok", "server tok/s", "overhead <= 3 ms")
+    row = table_row(outputs["server"].stdout, "tinystories")
+    assert row[1] == "16"  # every token came back
+    assert "yes" in row  # the server wrote the same tokens as the engine alone
+
+
+def test_classroom_serves_every_client(outputs):
+    check_ran(outputs["classroom"], "TTFT p95 s", "gap p95 ms", "memory per idle session")
+    clients, ok, refused, failed = table_row(outputs["classroom"].stdout, "3 ")[:4]
+    assert (clients, ok, refused, failed) == ("3", "3", "0", "0")
+
+
+def test_startup(outputs):
+    check_ran(outputs["startup"], "target <= 10 s")
+    table_row(outputs["startup"].stdout, "app.py")
+
+
+def test_threads(outputs):
+    check_ran(outputs["threads"], "x one after another")
+    for way in ("one after another", "2 threads", "one batch of 2"):
+        table_row(outputs["threads"].stdout, way)
+
+
+def test_bandwidth(outputs):
+    check_ran(outputs["bandwidth"], "sum (read)", "weights read per token", "% of read bandwidth")
+    table_row(outputs["bandwidth"].stdout, "generate_steps")
