@@ -186,6 +186,7 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=100, help="idle sessions for the memory per session")
     parser.add_argument("--model", default=GPT2_SMALL_SHAPE, help=f"{GPT2_SMALL_SHAPE}, {BUNDLED}, ...")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: where tokstep.load puts it)")
+    parser.add_argument("--torch-threads", type=int, default=None, help="torch threads in the server")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = parser.parse_args()
     if args.smoke:
@@ -196,8 +197,9 @@ def main() -> None:
 
     print(machine_line())
     print(f"model {args.model}; each client asks /generate for {args.tokens} tokens; {repeats} repetition(s), median")
+    print(f"torch threads in the server: {args.torch_threads or 'torch default (one per core)'}")
     levels: dict[int, list[dict[str, float]]] = {n: [] for n in args.levels}
-    with bench_server(args.model, args.device) as server:
+    with bench_server(args.model, args.device, args.torch_threads) as server:
         idle = server.trimmed_rss_mib()
         warm = new_client(server.url)
         list(warm.submit(PROMPT, 2, api_name="/generate"))  # the server's first forward pass, untimed

@@ -247,13 +247,16 @@ class BenchServer:
 
 
 @contextmanager
-def bench_server(model: str, device: str | None = None, timeout: float = 300.0) -> Iterator[BenchServer]:
+def bench_server(
+    model: str, device: str | None = None, torch_threads: int | None = None, timeout: float = 300.0
+) -> Iterator[BenchServer]:
     """Start a tokstep server on `model` in a separate process (as deployed: its own interpreter,
     so the clients' work does not share its GIL); stop it on exit."""
     port = free_port()
     status_file = Path(f"/tmp/tokstep-bench-{os.getpid()}-{port}.json")
     command = [sys.executable, "-m", "bench.serve_for_bench", "--model", model, "--port", str(port)]
     command += ["--status-file", str(status_file)] + (["--device", device] if device else [])
+    command += ["--torch-threads", str(torch_threads)] if torch_threads else []
     process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **QUIET_ENV})
     url = f"http://127.0.0.1:{port}/"
     try:

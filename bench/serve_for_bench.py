@@ -39,12 +39,17 @@ def main() -> None:
     parser.add_argument("--model", default=GPT2_SMALL_SHAPE, help=f"{GPT2_SMALL_SHAPE} or a name tokstep.load takes")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: where tokstep.load puts it)")
+    parser.add_argument("--torch-threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--status-file", type=Path, default=None, help="where SIGUSR1 writes the trimmed RSS")
     args = parser.parse_args()
 
     from tokstep.ui import LAUNCH_OPTIONS, create_demo
 
     quiet_transformers()
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)  # the workers' passes pick it up
     demo = create_demo(build_model(args.model, args.device))
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

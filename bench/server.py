@@ -86,13 +86,13 @@ def run_server(client, prompt: str, n: int) -> Run:  # client: gradio_client.Cli
     return Run(arrivals, ids)
 
 
-def bench_model(name: str, n: int, repeats: int, device: str | None) -> list[str]:
+def bench_model(name: str, n: int, repeats: int, device: str | None, torch_threads: int | None) -> list[str]:
     from gradio_client import Client
 
     lm = build_model(name, device)
     prompt = lm.tokenizer.decode(prompt_ids(lm, PROMPT_TOKENS))
     engine_runs, server_runs = [], []
-    with bench_server(name, device) as server:
+    with bench_server(name, device, torch_threads) as server:
         client = Client(server.url, verbose=False, analytics_enabled=False)
         # Warm-up, untimed: first-call allocations, lazy initialisation, the client's stream.
         run_engine(lm, prompt, n, device)
@@ -130,6 +130,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=NEW_TOKENS, help="new tokens per request")
     parser.add_argument("--models", nargs="+", default=[GPT2_SMALL_SHAPE, BUNDLED], help="models to run")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: where tokstep.load puts it)")
+    parser.add_argument("--torch-threads", type=int, default=None, help="torch threads, here and in the server")
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = parser.parse_args()
     repeats = 1 if args.smoke else 3 if args.quick else args.repeats
@@ -137,8 +138,14 @@ def main() -> None:
     n = 16 if args.smoke else args.tokens
 
     quiet_transformers()
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)  # the engine alone runs as the server does
     print(machine_line())
+    threads = args.torch_threads or "torch's default"
     print(f"{repeats} repetitions (median), prompt of {PROMPT_TOKENS} tokens, {n} new tokens, greedy, top-k 5")
+    print(f"torch threads (engine and server): {threads}")
     headers = [
         "model", "tokens", "engine ms/tok", "server ms/tok", "overhead ms/tok", "engine tok/s", "server tok/s",
         "server/engine", "engine 1st ms", "server 1st ms", "server steady", "same tokens",
@@ -146,7 +153,7 @@ def main() -> None:
     ]  # fmt: skip
     rows = []
     for name in models:
-        rows.append(bench_model(name, n, repeats, args.device))
+        rows.append(bench_model(name, n, repeats, args.device, args.torch_threads))
     print_table(headers, rows, markdown=args.markdown)
     print(
         "\nms/tok: from the request to the last token, per token, as the client receives them."
