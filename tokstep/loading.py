@@ -39,6 +39,11 @@ HUB_TIMEOUT_S = 5.0
 _CONTEXT_ATTRIBUTES = ("n_positions", "max_position_embeddings", "n_ctx", "seq_length", "max_seq_len")
 
 
+# Shared by every model loaded in the process (a page may offer several): see LanguageModel.
+FORWARD_LOCK = threading.Lock()
+WARM_SEQUENCES = WarmSet()
+
+
 class ModelLoadError(RuntimeError):
     """A model could not be loaded; the message names it and says what to do."""
 
@@ -55,12 +60,14 @@ class LanguageModel:
     context_length: int | None
     # Ids that end generation, as `model.generate` sees them (the generation config's).
     eos_token_ids: frozenset[int]
-    # One forward pass at a time: torch already uses every core for one pass, and two
-    # passes in parallel threads fight over the cores and both get much slower (the
-    # batcher takes it for each pass; code that runs the model itself must take it too).
-    forward_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    # The sequences (one per tab or API call) that may keep a KV cache in memory at once.
-    warm_sequences: WarmSet = field(default_factory=WarmSet, repr=False)
+    # One forward pass at a time in the whole process, whichever model it is: torch already
+    # uses every core for one pass, and two passes in parallel threads fight over the cores
+    # and both get much slower (the batcher takes it for each pass; code that runs the model
+    # itself must take it too).
+    forward_lock: threading.Lock = field(default_factory=lambda: FORWARD_LOCK, repr=False)
+    # The sequences (one per tab or API call) that may keep a KV cache in memory at once,
+    # counted over every model of the process.
+    warm_sequences: WarmSet = field(default_factory=lambda: WARM_SEQUENCES, repr=False)
     # Every stepping forward pass goes through it: concurrent sessions' steps share a batch.
     batcher: ForwardBatcher = field(init=False, repr=False)
 
@@ -197,7 +204,7 @@ def load(
         )
     except Exception as error:
         raise ModelLoadError(
-            f"Model '{name}' could not be loaded from {source}: {error}. Check that it is a causal "
+            f"Model '{name}' could not be loaded from {source}: {str(error).rstrip('.')}. Check that it is a causal "
             "language model in Hugging Face format (config.json, weights and tokenizer files)."
         ) from error
     return from_objects(name, model, tokenizer)

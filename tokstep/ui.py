@@ -31,6 +31,7 @@ import gradio as gr
 from tokstep.api import generate_updates, model_or_error, new_stepper, number, sampling_settings, whole_number
 from tokstep.assets import JS
 from tokstep.assets import LAUNCH_OPTIONS as PAGE_OPTIONS
+from tokstep.chat_ui import add_chat
 from tokstep.engine import STOP_REASON_TEXT, PromptError, TokenStepper, context_full_message
 from tokstep.loading import LanguageModel, ModelLoadError
 from tokstep.model_choice import ModelCache, allowed_models
@@ -61,9 +62,6 @@ GREEDY, SAMPLE = "Greedy (most likely)", "Sample (seeded)"
 STATE_TTL_S = 3600
 # The sampling sliders' ranges: a link or file may only set what the page can show.
 TEMPERATURE_RANGE, SAMPLE_TOP_K_MAX, TOP_P_MIN = (0.1, 2.0), 100, 0.05
-# Uploads past this are refused by Gradio before they reach tokstep; a little above what a
-# run file may be, so a file just over the limit still gets tokstep's own message.
-LAUNCH_OPTIONS = {**PAGE_OPTIONS, "max_file_size": MAX_RUN_BYTES + 1_000_000}
 EXPORT_TTL_S = 600  # exported files are copied to Gradio's cache at once; ours can go soon after
 
 GENERATE_DOC = """Generation streamed one token at a time, greedy unless `sample` is true (then seeded: the
@@ -91,8 +89,23 @@ class ServerLimits:
     "Queue is full! Please try again." instead of waiting without end."""
 
     max_queue: int = 64  # events waiting for a worker, all users together
-    autorun_workers: int = 32  # Auto-runs at once: mostly pausing between tokens, so many fit
-    workers: int = 8  # Steps, resets and /generate calls at once (forward passes take turns anyway)
+    autorun_workers: int = 32  # Auto-runs at once (page and chat each): mostly pausing between tokens
+    # /generate streams at once. Their steps share batched forward passes (tokstep.batching),
+    # so a class's worth costs about one pass per token; more wait in the queue.
+    stream_workers: int = 32
+    workers: int = 8  # Steps, resets and the like at once (their passes are batched too)
+
+    @property
+    def threads(self) -> int:
+        """Threads the server needs so that every event allowed to run at once has one."""
+        return 2 * self.autorun_workers + self.stream_workers + self.workers
+
+
+# max_file_size: uploads past it are refused by Gradio before they reach tokstep; a little
+# above what a run file may be, so a file just over the limit still gets tokstep's own message.
+# max_threads: Gradio runs each step of an event in a pool of threads (40 by default); every
+# event that may run at once gets one, or streams past the 40th would wait with a free model.
+LAUNCH_OPTIONS = {**PAGE_OPTIONS, "max_file_size": MAX_RUN_BYTES + 1_000_000, "max_threads": ServerLimits().threads}
 
 
 def read_settings(
@@ -361,11 +374,14 @@ def create_demo(
         export_folder = Path(tempfile.mkdtemp(prefix="tokstep-exports-"))
         raw = {"preprocess": False, "show_progress": "hidden"}
 
-        # For the chat tab (and any later one): `model_choice` above is the session's model name,
-        # and `lm_for(name)` the loaded model for a name (gr.Error when it is not offered or fails).
-        # add_chat(model_choice, lm_for) needs nothing else.
+        # `model_choice` above is the session's model name, and `lm_for(name)` the loaded model
+        # for a name (gr.Error when it is not offered or fails): the chat section uses both.
         def lm_for(name: str) -> LanguageModel:
             return model_or_error(cache, name)
+
+        # Chat mode: the same model, stepping the assistant's reply (closed until asked for).
+        with gr.Accordion("Chat mode: step through a chat model's reply", open=False, elem_id="chat-mode"):
+            add_chat(model_choice, lm_for, autorun_workers=limits.autorun_workers)
 
         def on_start(name: str, text: Any, *values: Any) -> tuple[Any, ...]:
             return start(lm_for(name), text, read_settings(*values))
@@ -614,6 +630,10 @@ def create_demo(
         # /generate's arguments exactly as they were: there is no model to name.
         generate.__doc__ = GENERATE_DOC + MODEL_ARGUMENT_DOC
         generate_on_the_one_model.__doc__ = GENERATE_DOC
-        gr.api(generate if offers_choice else generate_on_the_one_model, api_name="generate")
+        gr.api(
+            generate if offers_choice else generate_on_the_one_model,
+            api_name="generate",
+            concurrency_limit=limits.stream_workers,
+        )
     demo.queue(default_concurrency_limit=limits.workers, max_size=limits.max_queue)
     return demo
