@@ -95,5 +95,5 @@ def test_threads(outputs):
 
 
 def test_bandwidth(outputs):
-    check_ran(outputs["bandwidth"], "sum (read)", "weights read per token", "% of read bandwidth")
+    check_ran(outputs["bandwidth"], "sum (read)", "weights read per token", "% of floor")
     table_row(outputs["bandwidth"].stdout, "generate_steps")
