@@ -28,6 +28,9 @@ one short call, divided by N (API sessions via /generate; page sessions via the 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +55,7 @@ LEVELS = (10, 30, 60)
 TOKENS = 32
 PROMPT = "Once upon a time, there was a little girl who"
 DEADLINE_S = 600.0  # a client still waiting after this is a failure (and the level ends)
+CALL_TIMEOUT_S = 120.0  # one short call while measuring idle sessions
 # Issue 6's targets for 30 clients.
 TARGET_CLIENTS = 30
 TTFT_TARGET_S, GAP_TARGET_S, LAST_TARGET_S = 2.0, 0.250, 10.0
@@ -146,6 +150,14 @@ def run_level(server: BenchServer, n_clients: int, tokens: int) -> LevelResult:
         thread.join(timeout=max(0.0, deadline - time.monotonic()))
         if thread.is_alive() and result.error is None:
             result.error = f"still waiting after {DEADLINE_S:.0f} s"
+    stuck = [result for result in results if result.error and result.error.startswith("still waiting")]
+    if stuck:
+        # Where the server is, for whoever debugs it: its threads' stacks go to its stderr (ours).
+        print(
+            f"  {len(stuck)} of {n_clients} clients still waiting; the server's threads:", file=sys.stderr, flush=True
+        )
+        os.kill(server.pid, signal.SIGUSR2)
+        time.sleep(2.0)
     peak = proc_memory_mib(server.pid)["VmHWM"]
     for client in clients:
         client.close()
@@ -153,25 +165,30 @@ def run_level(server: BenchServer, n_clients: int, tokens: int) -> LevelResult:
     return LevelResult(n_clients, results, peak, before, server.trimmed_rss_mib())
 
 
-def idle_session_mib(server: BenchServer, sessions: int) -> tuple[float, float | None, str]:
+def idle_session_mib(server: BenchServer, sessions: int) -> tuple[float | None, float | None, str]:
     """RSS growth per session over `sessions` API sessions (one short /generate each) and page
     sessions (the page's /reset event: a stepper with its KV cache in the session's state)."""
     client = new_client(server.url)
-    list(client.submit(PROMPT, 2, api_name="/generate"))  # whatever the first call allocates once
-    before = server.trimmed_rss_mib()
-    for _ in range(sessions):
-        client.reset_session()  # a new session id, as a new client or browser tab gets
-        list(client.submit(PROMPT, 2, api_name="/generate"))
-    api = (server.trimmed_rss_mib() - before) / sessions
+    api: float | None = None
+    page: float | None = None
     note = ""
+    try:
+        client.submit(PROMPT, 2, api_name="/generate").result(timeout=CALL_TIMEOUT_S)  # one-time allocations
+        before = server.trimmed_rss_mib()
+        for _ in range(sessions):
+            client.reset_session()  # a new session id, as a new client or browser tab gets
+            client.submit(PROMPT, 2, api_name="/generate").result(timeout=CALL_TIMEOUT_S)
+        api = (server.trimmed_rss_mib() - before) / sessions
+    except Exception as error:  # e.g. a server that stopped answering during the levels
+        note = f" (API sessions not measured: {type(error).__name__}: {error})"
     try:
         before = server.trimmed_rss_mib()
         for _ in range(sessions):
             client.reset_session()
-            client.predict(PROMPT, *PAGE_SETTINGS, api_name="/reset")
-        page: float | None = (server.trimmed_rss_mib() - before) / sessions
+            client.submit(PROMPT, *PAGE_SETTINGS, api_name="/reset").result(timeout=CALL_TIMEOUT_S)
+        page = (server.trimmed_rss_mib() - before) / sessions
     except Exception as error:  # the page's events are not a public API: they may change
-        page, note = None, f" (page sessions not measured: /reset answered {type(error).__name__}: {error})"
+        note += f" (page sessions not measured: /reset answered {type(error).__name__}: {error})"
     client.close()
     return api, page, note
 
@@ -232,8 +249,9 @@ def main() -> None:
     ]  # fmt: skip
     print(f"\nserver RSS idle after start: {idle:.0f} MiB (ok/refused/failed: totals over the repetitions)")
     print_table(headers, rows, markdown=args.markdown)
+    api = f"{api_mib * 1024:.0f} KiB" if api_mib is not None else "n/a"
     page = f"{page_mib * 1024:.0f} KiB" if page_mib is not None else "n/a"
-    print(f"\nmemory per idle session over {args.sessions}: API {api_mib * 1024:.0f} KiB, page {page}{note}")
+    print(f"\nmemory per idle session over {args.sessions}: API {api}, page {page}{note}")
 
     print(f"\nissue 6 targets ({TARGET_CLIENTS} clients, {args.tokens} tokens each):")
     if TARGET_CLIENTS in levels:

@@ -6,7 +6,8 @@ default limits, exactly as `python app.py` does, on a model the benchmarks name:
     python -m bench.serve_for_bench --model tinystories --port 7861
 
 On SIGUSR1 it runs a garbage collection and malloc_trim and writes its RSS to --status-file,
-so the benchmark reads the memory the server holds rather than pages glibc keeps around.
+so the benchmark reads the memory the server holds rather than pages glibc keeps around. On
+SIGUSR2 it prints every thread's stack to stderr (bench.classroom asks when clients hang).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import faulthandler
 import gc
 import json
 import os
@@ -57,6 +59,7 @@ def main() -> None:
 
     # Set before launch: the benchmark may ask as soon as the page answers.
     signal.signal(signal.SIGUSR1, on_signal)
+    faulthandler.register(signal.SIGUSR2, all_threads=True)
     demo.launch(server_name="127.0.0.1", server_port=args.port, prevent_thread_lock=True, quiet=True, **LAUNCH_OPTIONS)
     demo.block_thread()
 
