@@ -131,7 +131,7 @@ def one_client(client, barrier: threading.Barrier, tokens: int, result: ClientRe
         result.error = f"{type(error).__name__}: {error}"
 
 
-def run_level(server: BenchServer, n_clients: int, tokens: int) -> LevelResult:
+def run_level(server: BenchServer, n_clients: int, tokens: int, deadline_s: float = DEADLINE_S) -> LevelResult:
     # Clients connect (config, API info, heartbeat) before the barrier: only the requests are timed.
     with ThreadPoolExecutor(max_workers=8) as pool:
         clients = list(pool.map(lambda _: new_client(server.url), range(n_clients)))
@@ -145,11 +145,11 @@ def run_level(server: BenchServer, n_clients: int, tokens: int) -> LevelResult:
     ]
     for thread in threads:
         thread.start()
-    deadline = time.monotonic() + DEADLINE_S
+    deadline = time.monotonic() + deadline_s
     for thread, result in zip(threads, results, strict=True):
         thread.join(timeout=max(0.0, deadline - time.monotonic()))
         if thread.is_alive() and result.error is None:
-            result.error = f"still waiting after {DEADLINE_S:.0f} s"
+            result.error = f"still waiting after {deadline_s:.0f} s"
     stuck = [result for result in results if result.error and result.error.startswith("still waiting")]
     if stuck:
         # Where the server is, for whoever debugs it: its threads' stacks go to its stderr (ours).
@@ -201,6 +201,7 @@ def main() -> None:
     parser.add_argument("--levels", type=int, nargs="+", default=list(LEVELS), help="numbers of clients")
     parser.add_argument("--tokens", type=int, default=TOKENS, help="tokens each client asks for")
     parser.add_argument("--sessions", type=int, default=100, help="idle sessions for the memory per session")
+    parser.add_argument("--deadline", type=float, default=DEADLINE_S, help="seconds a level may take")
     parser.add_argument("--model", default=GPT2_SMALL_SHAPE, help=f"{GPT2_SMALL_SHAPE}, {BUNDLED}, ...")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: where tokstep.load puts it)")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch threads in the server")
@@ -223,8 +224,16 @@ def main() -> None:
         warm.close()
         for _ in range(repeats):
             for n in args.levels:
-                levels[n].append(run_level(server, n, args.tokens).stats(args.tokens))
-                print(f"  {n} clients done", flush=True)
+                stats = run_level(server, n, args.tokens, args.deadline).stats(args.tokens)
+                levels[n].append(stats)
+                # A line per level as it ends: a run cut short still says what it saw.
+                print(
+                    f"  {n} clients: {stats['ok']} ok, {stats['refused']} refused, {stats['failed']} failed;"
+                    f" TTFT p95 {stats['ttft_p95']:.2f} s, gap p95 {stats['gap_p95'] * 1000:.0f} ms,"
+                    f" t{args.tokens} p95 {stats['last_p95']:.2f} s, {stats['tok_s']:.1f} tok/s,"
+                    f" peak {stats['peak']:.0f} MiB",
+                    flush=True,
+                )
         api_mib, page_mib, note = idle_session_mib(server, args.sessions)
 
     def med(n: int, key: str) -> float:
