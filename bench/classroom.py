@@ -33,6 +33,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -87,6 +88,15 @@ class LevelResult:
     peak_mib: float
     before_mib: float
     after_mib: float
+
+    def failures(self, tokens: int) -> str:
+        """The distinct reasons clients failed, with counts (empty when none did)."""
+        reasons = Counter(
+            (r.error or f"stream ended after {len(r.arrivals)} tokens")[:120]
+            for r in self.results
+            if r.outcome(tokens) == "failed"
+        )
+        return "; ".join(f"{count} x {reason}" for reason, count in reasons.most_common(3))
 
     def stats(self, tokens: int) -> dict[str, float]:
         served = [r for r in self.results if r.arrivals]
@@ -224,8 +234,11 @@ def main() -> None:
         warm.close()
         for _ in range(repeats):
             for n in args.levels:
-                stats = run_level(server, n, args.tokens, args.deadline).stats(args.tokens)
+                level = run_level(server, n, args.tokens, args.deadline)
+                stats = level.stats(args.tokens)
                 levels[n].append(stats)
+                if level.failures(args.tokens):
+                    print(f"  {n} clients, failures: {level.failures(args.tokens)}", flush=True)
                 # A line per level as it ends: a run cut short still says what it saw.
                 print(
                     f"  {n} clients: {stats['ok']} ok, {stats['refused']} refused, {stats['failed']} failed;"
