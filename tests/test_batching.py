@@ -31,8 +31,8 @@ ROUNDS = 12
 
 def together(lm: LanguageModel, actions: list[Callable[[], Step]], prefills: int) -> list[Step]:
     """Run every action (each one step of its own session) so that their passes share one turn:
-    one batched pass for the decodes, plus one single pass for each of the `prefills` sessions
-    that have no KV cache yet (a new prompt)."""
+    one batched pass for the decodes, and one for the `prefills` sessions that have no KV cache
+    yet (a new prompt), all read together."""
     results: list[Step | BaseException | None] = [None] * len(actions)
 
     def run(index: int) -> None:
@@ -56,7 +56,7 @@ def together(lm: LanguageModel, actions: list[Callable[[], Step]], prefills: int
         if isinstance(result, BaseException):
             raise result
     decodes = len(actions) - prefills
-    assert lm.batcher.passes - passes_before == prefills + min(decodes, 1)
+    assert lm.batcher.passes - passes_before == min(prefills, 1) + min(decodes, 1)
     return results  # type: ignore[return-value]
 
 
@@ -170,3 +170,37 @@ def test_an_error_in_a_batched_pass_reaches_every_session_and_the_model_keeps_se
         solo = steppers(tiny_lm)[index]
         solo.step(5), solo.step(5)
         assert sessions[index].ids == solo.ids
+
+
+def test_prompts_past_the_token_budget_are_read_in_several_passes(tiny_lm, monkeypatch):
+    """Prefills share a pass only up to MAX_PREFILL_TOKENS padded positions; the rest take more."""
+    import tokstep.batching
+
+    sessions = steppers(tiny_lm)
+    lengths = [stepper.prompt_length for stepper in sessions]
+    # Room for two of the longest prompts per pass, no more.
+    monkeypatch.setattr(tokstep.batching, "MAX_PREFILL_TOKENS", 2 * max(lengths))
+    expected_passes = len(
+        tokstep.batching._chunks([tokstep.batching._Request([0] * n, None, 0) for n in lengths], 2 * max(lengths))
+    )
+    assert 1 < expected_passes < len(sessions)
+    passes_before = tiny_lm.batcher.passes
+    alone = [stepper.step(5) for stepper in steppers(tiny_lm)]
+    passes_alone = tiny_lm.batcher.passes - passes_before
+    results: list[Step] = [None] * len(sessions)  # type: ignore[list-item]
+    with tiny_lm.forward_lock:
+        threads = [
+            threading.Thread(target=lambda i=i: results.__setitem__(i, sessions[i].step(5)))
+            for i in range(len(sessions))
+        ]
+        for thread in threads:
+            thread.start()
+        while tiny_lm.batcher.waiting < len(sessions):
+            time.sleep(0.001)
+        passes_before = tiny_lm.batcher.passes
+    for thread in threads:
+        thread.join(timeout=30)
+    assert passes_alone == len(sessions)
+    assert tiny_lm.batcher.passes - passes_before == expected_passes
+    for got, want in zip(results, alone, strict=True):
+        assert_same_step(got, want)

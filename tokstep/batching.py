@@ -12,9 +12,11 @@ model goes through its `ForwardBatcher`:
     waits for nothing and a class fills the batches by itself. There is no extra thread.
   - Decode requests (one new token on top of a cache whose layers are plain
     `DynamicLayer`s) run together: their caches are left-padded to the longest one, an
-    attention mask hides the padding, and each row gets its own position id. Prefills
-    (a prompt, or a sequence read again after its cache was released) and caches that
-    cannot be padded (sliding windows, recurrent state) run one by one, in the same turn.
+    attention mask hides the padding, and each row gets its own position id.
+  - Prefills (a prompt, or a sequence read again after its cache was released) run
+    together too, left-padded the same way, so a class that starts at once gets its first
+    tokens after one pass, not thirty. Caches that cannot be padded (sliding windows,
+    recurrent state) run one by one, in the same turn.
 
 One pass at a time, always: torch already spreads one pass over every core, and two
 passes in parallel threads fight over them (see docs/performance.md, "Threads").
@@ -43,6 +45,9 @@ from transformers.cache_utils import Cache, DynamicLayer
 # A class of 30 (and then some) in one pass; past this, a pass's attention and cache copies
 # cost more than the weights it shares, and the rest wait one pass.
 DEFAULT_MAX_BATCH = 32
+# Prompts read together in one pass, counted with their padding: GPT-2 small's activations
+# for 4096 positions are about 0.5 GB at the widest layer, fine on any machine we serve from.
+MAX_PREFILL_TOKENS = 4096
 
 
 @dataclass(frozen=True)
@@ -66,13 +71,30 @@ class _Request:
     done: bool = field(default=False)
 
 
-def is_batchable(cache: Cache | None, n_new: int) -> bool:
+def is_batchable(cache: Cache | None, n_new: int, check_initialized: bool = True) -> bool:
     """Whether a request can join a batched decode: one new token on a paddable cache."""
-    if n_new != 1 or not isinstance(cache, DynamicCache) or not cache.layers:
+    if n_new != 1 or not isinstance(cache, DynamicCache):
         return False
+    if not cache.layers:
+        # Layers made as they are needed (no config): plain DynamicLayers, but nothing to pad yet.
+        return not check_initialized and getattr(cache, "layer_class_to_replicate", None) is DynamicLayer
     # Exactly DynamicLayer: its subclasses (sliding windows) drop old positions, so rows
     # of different lengths cannot be lined up by padding.
-    return all(type(layer) is DynamicLayer and layer.is_initialized for layer in cache.layers)
+    return all(
+        type(layer) is DynamicLayer and (layer.is_initialized or not check_initialized) for layer in cache.layers
+    )
+
+
+def _chunks(requests: list[_Request], max_tokens: int) -> list[list[_Request]]:
+    """`requests` in order, cut into groups whose padded size (rows x longest) stays within max_tokens."""
+    groups: list[list[_Request]] = []
+    for request in requests:
+        group = groups[-1] if groups else None
+        if group is not None and (len(group) + 1) * max(len(request.ids), *(len(r.ids) for r in group)) <= max_tokens:
+            group.append(request)
+        else:
+            groups.append([request])
+    return groups
 
 
 class ForwardBatcher:
@@ -90,6 +112,9 @@ class ForwardBatcher:
         self._condition = threading.Condition()
         self._queue: list[_Request] = []
         self._running = False
+        # Prompts can share a pass when the model's own cache is plain DynamicLayers, which
+        # padding can line up (not sliding windows, not recurrent state).
+        self._pads_prefills = is_batchable(DynamicCache(config=model.config), 1, check_initialized=False)
         self.passes = 0  # batched or single passes run so far (for tests and benchmarks)
         self.largest_batch = 0
 
@@ -130,14 +155,15 @@ class ForwardBatcher:
     def _run(self, batch: list[_Request]) -> None:
         """Run `batch`: decodes that can share a pass together, the rest one by one."""
         decodes = [request for request in batch if is_batchable(request.cache, len(request.ids))]
-        if len(decodes) < 2:
-            decodes = []  # a batch of one is just a single pass, without padding or a mask
-        batched = {id(request) for request in decodes}
+        prefills = [request for request in batch if request.cache is None and self._pads_prefills]
+        # A group of one is just a single pass, without padding or a mask.
+        groups = [group for group in (*_chunks(prefills, MAX_PREFILL_TOKENS), decodes) if len(group) > 1]
+        grouped = {id(request) for group in groups for request in group}
         for request in batch:
-            if id(request) not in batched:
+            if id(request) not in grouped:
                 self._settle([request], self._forward_one, request)
-        if decodes:
-            self._settle(decodes, self._forward_decodes, decodes)
+        for group in groups:
+            self._settle(group, self._forward_decodes if group[0].cache is not None else self._forward_prefills, group)
 
     def _settle(self, requests: list[_Request], run: Callable[[Any], None], argument: Any) -> None:
         """Run one pass; on failure every request in it gets the error (its thread raises it)."""
@@ -162,6 +188,40 @@ class ForwardBatcher:
         probs = torch.softmax(logits.float(), dim=-1)  # (1, vocab)
         forward_ms = _elapsed_ms(started, logits)
         request.result = ForwardResult(output.cache, logits[0], probs[0], forward_ms, 1)
+
+    def _forward_prefills(self, requests: list[_Request]) -> None:
+        """Many prompts read in one pass: left-padded to the longest, padding masked out."""
+        lengths = [len(request.ids) for request in requests]
+        longest, batch_size = max(lengths), len(requests)
+        device = self.model.device
+        # Padding takes id 0 (any id would do: it is masked out and never cached).
+        input_ids = torch.zeros((batch_size, longest), dtype=torch.long, device=device)  # (B, longest)
+        attention_mask = torch.zeros((batch_size, longest), dtype=torch.long, device=device)
+        position_ids = torch.zeros((batch_size, longest), dtype=torch.long, device=device)
+        for row, (request, length) in enumerate(zip(requests, lengths, strict=True)):
+            input_ids[row, longest - length :] = torch.tensor(request.ids, device=device)
+            attention_mask[row, longest - length :] = 1
+            position_ids[row, longest - length :] = torch.arange(length, device=device)  # each prompt from 0
+        started = time.perf_counter()
+        output = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+        logits = output.logits[:, -1]  # (B, vocab): every row's last position is its last real token
+        probs = torch.softmax(logits.float(), dim=-1)  # (B, vocab)
+        forward_ms = _elapsed_ms(started, logits)
+        for row, (request, length) in enumerate(zip(requests, lengths, strict=True)):
+            # Its own cache: its row of the batch's, padding dropped (views, no copy).
+            own = DynamicCache(
+                ddp_cache_data=[(layer.keys[:1, :, :0], layer.values[:1, :, :0]) for layer in output.cache.layers]
+            )
+            for layer, batched in zip(own.layers, output.cache.layers, strict=True):
+                layer.keys = batched.keys[row : row + 1, :, longest - length :]
+                layer.values = batched.values[row : row + 1, :, longest - length :]
+            request.result = ForwardResult(own, logits[row], probs[row], forward_ms, batch_size)
 
     def _forward_decodes(self, requests: list[_Request]) -> None:
         """Many sequences' next token in one pass, each at its own position."""
