@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,11 @@ from transformers.cache_utils import Cache, DynamicLayer
 # A class of 30 (and then some) in one pass; past this, a pass's attention and cache copies
 # cost more than the weights it shares, and the rest wait one pass.
 DEFAULT_MAX_BATCH = 32
+# Gathering a batch: a leader waits for sequences served within the last RECENT_PASSES passes
+# (plus RECENT_SLACK_S for their own work between steps), at most GATHER_FRACTION of a pass
+# and never more than MAX_GATHER_S.
+RECENT_PASSES, RECENT_SLACK_S = 2, 0.05
+GATHER_FRACTION, MAX_GATHER_S = 0.5, 0.25
 # Prompts read together in one pass, counted with their padding: GPT-2 small's activations
 # for 4096 positions are about 0.5 GB at the widest layer, fine on any machine we serve from.
 MAX_PREFILL_TOKENS = 4096
@@ -66,6 +71,7 @@ class _Request:
     ids: list[int]  # tokens not yet in the cache, in order
     cache: Cache | None  # holds `cached` positions, or None
     cached: int
+    sequence: Hashable = None  # who asks: the same for every step of one sequence
     result: ForwardResult | None = None
     error: BaseException | None = None
     done: bool = field(default=False)
@@ -116,14 +122,22 @@ class ForwardBatcher:
         # padding can line up (not sliding windows, not recurrent state).
         self._pads_prefills = is_batchable(DynamicCache(config=model.config), 1, check_initialized=False)
         self.passes = 0  # batched or single passes run so far (for tests and benchmarks)
+        self._recent: dict[Hashable, float] = {}  # sequence -> when a pass last served it
+        self._last_pass_s = 0.0
+        self._recent_window_s = 0.0
+        self.served = 0  # requests answered by those passes: served / passes is the mean batch size
         self.largest_batch = 0
 
-    def forward(self, ids: Sequence[int], cache: Cache | None, cached: int) -> ForwardResult:
-        """Feed `ids` on top of `cache` (which holds `cached` positions); wait for the logits."""
-        request = _Request([int(i) for i in ids], cache, cached)
+    def forward(self, ids: Sequence[int], cache: Cache | None, cached: int, sequence: Hashable = None) -> ForwardResult:
+        """Feed `ids` on top of `cache` (which holds `cached` positions); wait for the logits.
+
+        `sequence` names who asks (the same for each step of one sequence), so that the next
+        pass can wait a moment for sequences that stepped in the last ones (see _gather)."""
+        request = _Request([int(i) for i in ids], cache, cached, sequence if sequence is not None else object())
         condition = self._condition
         with condition:
             self._queue.append(request)
+            condition.notify_all()  # a leader gathering a batch may be waiting for this one
             while not request.done:
                 if self._running:
                     condition.wait()
@@ -135,8 +149,10 @@ class ForwardBatcher:
                     # anything else runs on it (another pass, a prompt being scored) join it.
                     with self.forward_lock, torch.inference_mode():
                         with condition:
+                            self._gather()
                             batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
                         self._run(batch)
+                        self._remember(batch)
                 finally:
                     condition.acquire()
                     self._running = False
@@ -145,6 +161,39 @@ class ForwardBatcher:
             raise request.error
         assert request.result is not None
         return request.result
+
+    def _gather(self) -> None:
+        """Wait briefly (the condition held) for sequences that stepped in the last passes.
+
+        Without this, a class splits in two halves that take turns: while one half's pass
+        runs, the other half queues, so each pass serves half the class and every token
+        costs two passes. Sequences that stepped within the last few passes are expected
+        back; the leader waits for them at most half a pass (never when all are queued, so a
+        lone user never waits)."""
+        now = time.monotonic()
+        expected = {sequence for sequence, seen in self._recent.items() if now - seen <= self._recent_window_s}
+        deadline = now + min(GATHER_FRACTION * self._last_pass_s, MAX_GATHER_S)
+        while len(self._queue) < self.max_batch:
+            missing = expected - {request.sequence for request in self._queue}
+            remaining = deadline - time.monotonic()
+            if not missing or remaining <= 0:
+                return
+            self._condition.wait(remaining)
+
+    def _remember(self, batch: list[_Request]) -> None:
+        """Note who was served and how long passes take, for the next _gather."""
+        now = time.monotonic()
+        results = [request.result for request in batch if request.result is not None]
+        if results:
+            self._last_pass_s = max(result.forward_ms for result in results) / 1000.0
+        # Expected back within a few passes (each sequence's own work between steps included).
+        self._recent_window_s = RECENT_PASSES * self._last_pass_s + RECENT_SLACK_S
+        with self._condition:
+            for request in batch:
+                self._recent[request.sequence] = now
+            for sequence, seen in list(self._recent.items()):
+                if now - seen > self._recent_window_s:
+                    del self._recent[sequence]
 
     @property
     def waiting(self) -> int:
@@ -174,6 +223,7 @@ class ForwardBatcher:
                 request.error = error
         finally:
             self.passes += 1
+            self.served += len(requests)
             self.largest_batch = max(self.largest_batch, len(requests))
             for request in requests:
                 request.done = True

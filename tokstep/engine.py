@@ -230,7 +230,7 @@ class TokenStepper:
         if self._next_logits is not None and self._cached == len(self.ids):
             return self._next_logits
         # Prefill reads the whole prompt; later passes read one token.
-        result = self.lm.batcher.forward(self.ids[self._cached :], self._cache, self._cached)
+        result = self.lm.batcher.forward(self.ids[self._cached :], self._cache, self._cached, sequence=id(self))
         # Waiting for another pass is not this token's cost: only its own pass is timed.
         self._next_forward_ms = result.forward_ms
         self._cache = result.cache
