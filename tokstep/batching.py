@@ -47,8 +47,9 @@ from transformers.cache_utils import Cache, DynamicLayer
 DEFAULT_MAX_BATCH = 32
 # Gathering a batch: a leader waits for sequences served within the last RECENT_PASSES passes
 # (plus RECENT_SLACK_S for their own work between steps), at most GATHER_FRACTION of a pass
-# and never more than MAX_GATHER_S.
-RECENT_PASSES, RECENT_SLACK_S = 2, 0.05
+# and never more than MAX_GATHER_S. The slack stays small: a sequence that has finished is
+# still expected for that long, and a new one (the next /generate call) would wait for it.
+RECENT_PASSES, RECENT_SLACK_S = 2, 0.01
 GATHER_FRACTION, MAX_GATHER_S = 0.5, 0.25
 # Prompts read together in one pass, counted with their padding: GPT-2 small's activations
 # for 4096 positions are about 0.5 GB at the widest layer, fine on any machine we serve from.
