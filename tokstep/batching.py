@@ -253,26 +253,9 @@ class ForwardBatcher:
             input_ids[row, longest - length :] = torch.tensor(request.ids, device=device)
             attention_mask[row, longest - length :] = 1
             position_ids[row, longest - length :] = torch.arange(length, device=device)  # each prompt from 0
-        started = time.perf_counter()
-        output = self.model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        logits = output.logits[:, -1]  # (B, vocab): every row's last position is its last real token
-        probs = torch.softmax(logits.float(), dim=-1)  # (B, vocab)
-        forward_ms = _elapsed_ms(started, logits)
-        for row, (request, length) in enumerate(zip(requests, lengths, strict=True)):
-            # Its own cache: its row of the batch's, padding dropped (views, no copy).
-            own = DynamicCache(
-                ddp_cache_data=[(layer.keys[:1, :, :0], layer.values[:1, :, :0]) for layer in output.cache.layers]
-            )
-            for layer, batched in zip(own.layers, output.cache.layers, strict=True):
-                layer.keys = batched.keys[row : row + 1, :, longest - length :]
-                layer.values = batched.values[row : row + 1, :, longest - length :]
-            request.result = ForwardResult(own, logits[row], probs[row], forward_ms, batch_size)
+        # Each prompt's cache is its row of the batch's, from its first real position.
+        starts = [longest - length for length in lengths]
+        self._pass_and_split(requests, starts, [None] * batch_size, input_ids, attention_mask, position_ids)
 
     def _forward_decodes(self, requests: list[_Request]) -> None:
         """Many sequences' next token in one pass, each at its own position."""
@@ -304,24 +287,47 @@ class ForwardBatcher:
         attention_mask = torch.ones((batch_size, longest + 1), dtype=torch.long, device=device)
         for row, length in enumerate(lengths):
             attention_mask[row, : longest - length] = 0
+        starts = [longest - length for length in lengths]
+        owns = [request.cache for request in requests]
+        self._pass_and_split(requests, starts, owns, input_ids, attention_mask, position_ids, padded)
+
+    def _pass_and_split(
+        self,
+        requests: list[_Request],
+        starts: list[int],
+        owns: list[Cache | None],
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        position_ids: torch.Tensor,
+        cache: Cache | None = None,
+    ) -> None:
+        """One batched pass; each request gets its row: logits, softmax, and its own cache.
+
+        A request's cache becomes its row of the batch's cache from `starts[row]` on (views,
+        padding dropped), in `owns[row]` or, for None, a new DynamicCache."""
         started = time.perf_counter()
         output = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
-            cache=padded,
+            cache=cache,
             use_cache=True,
             logits_to_keep=1,
         )
-        logits = output.logits[:, -1]  # (B, vocab)
+        logits = output.logits[:, -1]  # (B, vocab): every row's last position is its newest real token
         probs = torch.softmax(logits.float(), dim=-1)  # (B, vocab)
         forward_ms = _elapsed_ms(started, logits)
-        for row, (request, length) in enumerate(zip(requests, lengths, strict=True)):
-            # Its row of the batch's cache, padding dropped: (1, heads, length + 1, head_dim) views.
-            for own, batched in zip(request.cache.layers, output.cache.layers, strict=True):
-                own.keys = batched.keys[row : row + 1, :, longest - length :]
-                own.values = batched.values[row : row + 1, :, longest - length :]
-            request.result = ForwardResult(request.cache, logits[row], probs[row], forward_ms, batch_size)
+        batched_layers = output.cache.layers
+        for row, (request, start, own) in enumerate(zip(requests, starts, owns, strict=True)):
+            if own is None:
+                # Layers set up (initialised) empty, then pointed at the rows below.
+                own = DynamicCache(
+                    ddp_cache_data=[(layer.keys[:1, :, :0], layer.values[:1, :, :0]) for layer in batched_layers]
+                )
+            for layer, batched in zip(own.layers, batched_layers, strict=True):
+                layer.keys = batched.keys[row : row + 1, :, start:]  # (1, heads, positions, head_dim)
+                layer.values = batched.values[row : row + 1, :, start:]
+            request.result = ForwardResult(own, logits[row], probs[row], forward_ms, len(requests))
 
 
 def _elapsed_ms(started: float, logits: torch.Tensor) -> float:
