@@ -14,7 +14,7 @@ the times between tokens, time to the 32nd token. Reported, median over repetiti
   refused / failed   "Queue is full" is a graceful refusal; anything else (an exception, a
                      stream that ends early, a client still waiting at the deadline) a failure
   peak / after MiB   the server's VmHWM during the level (reset before it) and its RSS once the
-                     clients have closed (after a collection and malloc_trim in the server)
+                     clients have closed (after malloc_trim in the server)
 
 then the memory one idle session holds: the server's RSS growth over N sessions that each made
 one short call, divided by N (API sessions via /generate; page sessions via the page's own
