@@ -7,9 +7,9 @@ default limits, exactly as `python app.py` does, on a model the benchmarks name:
 
 On SIGUSR1 it runs malloc_trim and writes its RSS to --status-file, so the benchmark reads the
 memory the server holds rather than pages glibc keeps around. (No explicit garbage collection
-there: `gc.collect()` from this signal handler, in the main thread, left some of 60 clients
-without their stream for good after the 10- and 30-client levels, every time in four runs;
-without it, none in three. Cycles are still collected by Python's own collector.) On
+there: a `gc.collect()` in this handler was suspected of the 60-client stall described in
+docs/performance.md; removing it did not cure it, but a collection run from a signal handler
+is not what the served app does, so it stays out.) On
 SIGUSR2 it prints every thread's stack to stderr (bench.classroom asks when clients hang).
 """
 
