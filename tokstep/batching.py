@@ -35,7 +35,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -64,7 +64,6 @@ class ForwardResult:
     logits: torch.Tensor  # (vocab,) for the next token
     probs: torch.Tensor  # (vocab,) full-vocabulary softmax of `logits`, in fp32
     forward_ms: float  # wall time of the pass it was part of
-    batch_size: int  # how many sequences shared that pass
 
 
 @dataclass(eq=False)
@@ -75,7 +74,7 @@ class _Request:
     sequence: Hashable = None  # who asks: the same for every step of one sequence
     result: ForwardResult | None = None
     error: BaseException | None = None
-    done: bool = field(default=False)
+    done: bool = False
 
 
 def is_batchable(cache: Cache | None, n_new: int, check_initialized: bool = True) -> bool:
@@ -238,7 +237,7 @@ class ForwardBatcher:
         logits = output.logits[:, -1]  # (1, vocab)
         probs = torch.softmax(logits.float(), dim=-1)  # (1, vocab)
         forward_ms = _elapsed_ms(started, logits)
-        request.result = ForwardResult(output.cache, logits[0], probs[0], forward_ms, 1)
+        request.result = ForwardResult(output.cache, logits[0], probs[0], forward_ms)
 
     def _forward_prefills(self, requests: list[_Request]) -> None:
         """Many prompts read in one pass: left-padded to the longest, padding masked out."""
@@ -327,7 +326,7 @@ class ForwardBatcher:
             for layer, batched in zip(own.layers, batched_layers, strict=True):
                 layer.keys = batched.keys[row : row + 1, :, start:]  # (1, heads, positions, head_dim)
                 layer.values = batched.values[row : row + 1, :, start:]
-            request.result = ForwardResult(own, logits[row], probs[row], forward_ms, len(requests))
+            request.result = ForwardResult(own, logits[row], probs[row], forward_ms)
 
 
 def _elapsed_ms(started: float, logits: torch.Tensor) -> float:
