@@ -2,15 +2,19 @@
 
 The server is the app as deployed (`create_demo(lm)` with LAUNCH_OPTIONS and default limits) in a
 process of its own (`bench.serve_for_bench`), on GPT-2-small shape (random weights: GPT-2's
-compute). Each client is a thread with its own `gradio_client.Client` (its own session), all
-created beforehand and released together by a barrier. Per client: time to the first token,
+compute). Each client is a session of its own that speaks Gradio's queue protocol as the page
+does (`bench.sse_client`: join, then read the server-sent events), all in one asyncio loop and
+released at the same moment; `--client gradio_client` uses a `gradio_client.Client` per client
+instead, in a thread each (heavier on the shared CPU, and its reader polls every 50 ms, which
+shows in the gaps). Per client: time to the first token,
 the times between tokens, time to the 32nd token. Reported, median over repetitions:
 
   TTFT p50/p95       time to first token, across clients
-  gap p50/p95        time between consecutive tokens, all clients' gaps pooled (Gradio streams
-                     in bursts about 50 ms apart, so most gaps are ~0 and p95 is the pauses)
+  gap p50/p95        time between consecutive tokens, all clients' gaps pooled
   t32 p50/p95        time to the last (32nd) token, across the clients that got all of them
   tok/s              all tokens received / time from the start to the last token
+  mean batch         requests the server's forward passes answered during the level / passes
+  pass ms            the server's mean wall time per forward pass during the level
   refused / failed   "Queue is full" is a graceful refusal; anything else (an exception, a
                      stream that ends early, a client still waiting at the deadline) a failure
   peak / after MiB   the server's VmHWM during the level (reset before it) and its RSS once the
@@ -28,6 +32,7 @@ one short call, divided by N (API sessions via /generate; page sessions via the 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import signal
 import sys
@@ -36,6 +41,8 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+
+import httpx
 
 from bench.common import (
     BUNDLED,
@@ -51,6 +58,7 @@ from bench.common import (
     reset_peak,
     verdict,
 )
+from bench.sse_client import fn_index, stream_outputs
 
 LEVELS = (10, 30, 60)
 TOKENS = 32
@@ -88,6 +96,9 @@ class LevelResult:
     peak_mib: float
     before_mib: float
     after_mib: float
+    passes: int = 0  # forward passes the server ran during the level
+    served: int = 0  # requests those passes answered: served / passes is the mean batch
+    pass_seconds: float = 0.0  # wall time the server spent in those passes
 
     def failures(self, tokens: int) -> str:
         """The distinct reasons clients failed, with counts (empty when none did)."""
@@ -121,6 +132,8 @@ class LevelResult:
             "peak": self.peak_mib,
             "before": self.before_mib,
             "after": self.after_mib,
+            "mean_batch": self.served / self.passes if self.passes else float("nan"),
+            "pass_ms": self.pass_seconds / self.passes * 1000 if self.passes else float("nan"),
         }
 
 
@@ -141,14 +154,51 @@ def one_client(client, barrier: threading.Barrier, tokens: int, result: ClientRe
         result.error = f"{type(error).__name__}: {error}"
 
 
-def run_level(server: BenchServer, n_clients: int, tokens: int, deadline_s: float = DEADLINE_S) -> LevelResult:
+async def one_sse_client(
+    http: httpx.AsyncClient, url: str, event: int, start: asyncio.Event, tokens: int, result: ClientResult
+) -> None:
+    await start.wait()
+    result.started = time.perf_counter()
+    try:
+        # Every argument, as the page sends them (gradio_client fills in the defaults itself).
+        arguments = [PROMPT, tokens, False, 1.0, 0, 1.0, 0]  # greedy: sample, temperature, top_k, top_p, seed
+        async for update in stream_outputs(http, url, event, arguments):
+            result.arrivals.append(time.perf_counter())
+            result.stop_reason = update.get("stop_reason")
+    except Exception as error:  # QueueFullError, JobError, a dropped connection: all are outcomes
+        result.error = f"{type(error).__name__}: {error}"
+
+
+def run_sse_clients(url: str, event: int, results: list[ClientResult], tokens: int, deadline_s: float) -> None:
+    """Every client at the same moment, in one asyncio loop; a client still going at the deadline fails."""
+
+    async def level() -> None:
+        start = asyncio.Event()
+        # A connection pool per client, as each student's browser has its own.
+        https = [httpx.AsyncClient(timeout=httpx.Timeout(deadline_s)) for _ in results]
+        tasks = [
+            asyncio.create_task(one_sse_client(http, url, event, start, tokens, result))
+            for http, result in zip(https, results, strict=True)
+        ]
+        start.set()
+        done, pending = await asyncio.wait(tasks, timeout=deadline_s)
+        for task, result in zip(tasks, results, strict=True):
+            if task in pending:
+                task.cancel()
+                result.error = f"still waiting after {deadline_s:.0f} s"
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for http in https:
+            await http.aclose()
+
+    asyncio.run(level())
+
+
+def run_gradio_clients(url: str, results: list[ClientResult], tokens: int, deadline_s: float) -> None:
+    """A thread per client, each with its own gradio_client.Client, released by a barrier."""
     # Clients connect (config, API info, heartbeat) before the barrier: only the requests are timed.
     with ThreadPoolExecutor(max_workers=8) as pool:
-        clients = list(pool.map(lambda _: new_client(server.url), range(n_clients)))
-    before = server.trimmed_rss_mib()
-    reset_peak(server.pid)
-    barrier = threading.Barrier(n_clients)
-    results = [ClientResult() for _ in range(n_clients)]
+        clients = list(pool.map(lambda _: new_client(url), range(len(results))))
+    barrier = threading.Barrier(len(results))
     threads = [
         threading.Thread(target=one_client, args=(client, barrier, tokens, result), daemon=True)
         for client, result in zip(clients, results, strict=True)
@@ -160,6 +210,20 @@ def run_level(server: BenchServer, n_clients: int, tokens: int, deadline_s: floa
         thread.join(timeout=max(0.0, deadline - time.monotonic()))
         if thread.is_alive() and result.error is None:
             result.error = f"still waiting after {deadline_s:.0f} s"
+    for client in clients:
+        client.close()
+
+
+def run_level(
+    server: BenchServer, n_clients: int, tokens: int, deadline_s: float = DEADLINE_S, client: str = "sse"
+) -> LevelResult:
+    before = server.status()
+    reset_peak(server.pid)
+    results = [ClientResult() for _ in range(n_clients)]
+    if client == "sse":
+        run_sse_clients(server.url, fn_index(server.url, "/generate"), results, tokens, deadline_s)
+    else:
+        run_gradio_clients(server.url, results, tokens, deadline_s)
     stuck = [result for result in results if result.error and result.error.startswith("still waiting")]
     if stuck:
         # Where the server is, for whoever debugs it: its threads' stacks go to its stderr (ours).
@@ -169,10 +233,18 @@ def run_level(server: BenchServer, n_clients: int, tokens: int, deadline_s: floa
         os.kill(server.pid, signal.SIGUSR2)
         time.sleep(2.0)
     peak = proc_memory_mib(server.pid)["VmHWM"]
-    for client in clients:
-        client.close()
     time.sleep(1.0)  # let the server notice the closed heartbeats
-    return LevelResult(n_clients, results, peak, before, server.trimmed_rss_mib())
+    after = server.status()
+    return LevelResult(
+        n_clients,
+        results,
+        peak,
+        before["rss_mib"],
+        after["rss_mib"],
+        passes=int(after["passes"] - before["passes"]),
+        served=int(after["served"] - before["served"]),
+        pass_seconds=after["pass_seconds"] - before["pass_seconds"],
+    )
 
 
 def idle_session_mib(server: BenchServer, sessions: int) -> tuple[float | None, float | None, str]:
@@ -215,6 +287,9 @@ def main() -> None:
     parser.add_argument("--model", default=GPT2_SMALL_SHAPE, help=f"{GPT2_SMALL_SHAPE}, {BUNDLED}, ...")
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: where tokstep.load puts it)")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch threads in the server")
+    parser.add_argument(
+        "--client", choices=("sse", "gradio_client"), default="sse", help="how clients talk to the server (see above)"
+    )
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = parser.parse_args()
     if args.smoke:
@@ -224,7 +299,10 @@ def main() -> None:
         args.sessions = 30 if args.quick else args.sessions
 
     print(machine_line())
-    print(f"model {args.model}; each client asks /generate for {args.tokens} tokens; {repeats} repetition(s), median")
+    print(
+        f"model {args.model}; each client asks /generate for {args.tokens} tokens; {repeats} repetition(s), median;"
+        f" clients: {args.client}"
+    )
     print(f"torch threads in the server: {args.torch_threads or 'torch default (one per core)'}")
     levels: dict[int, list[dict[str, float]]] = {n: [] for n in args.levels}
     with bench_server(args.model, args.device, args.torch_threads) as server:
@@ -234,7 +312,7 @@ def main() -> None:
         warm.close()
         for _ in range(repeats):
             for n in args.levels:
-                level = run_level(server, n, args.tokens, args.deadline)
+                level = run_level(server, n, args.tokens, args.deadline, args.client)
                 stats = level.stats(args.tokens)
                 levels[n].append(stats)
                 if level.failures(args.tokens):
@@ -244,6 +322,7 @@ def main() -> None:
                     f"  {n} clients: {stats['ok']} ok, {stats['refused']} refused, {stats['failed']} failed;"
                     f" TTFT p95 {stats['ttft_p95']:.2f} s, gap p95 {stats['gap_p95'] * 1000:.0f} ms,"
                     f" t{args.tokens} p95 {stats['last_p95']:.2f} s, {stats['tok_s']:.1f} tok/s,"
+                    f" mean batch {stats['mean_batch']:.1f}, mean pass {stats['pass_ms']:.0f} ms,"
                     f" peak {stats['peak']:.0f} MiB",
                     flush=True,
                 )
@@ -257,7 +336,8 @@ def main() -> None:
 
     headers = [
         "clients", "ok", "refused", "failed", "TTFT p50 s", "TTFT p95 s", "gap p50 ms", "gap p95 ms",
-        f"t{args.tokens} p50 s", f"t{args.tokens} p95 s", "tok/s", "peak MiB", "before MiB", "after MiB",
+        f"t{args.tokens} p50 s", f"t{args.tokens} p95 s", "tok/s", "mean batch", "pass ms",
+        "peak MiB", "before MiB", "after MiB",
     ]  # fmt: skip
     rows = [
         [
@@ -265,6 +345,7 @@ def main() -> None:
             fmt(med(n, "ttft_p50"), 2), fmt(med(n, "ttft_p95"), 2),
             fmt(med(n, "gap_p50") * 1000, 0), fmt(med(n, "gap_p95") * 1000, 0),
             fmt(med(n, "last_p50"), 2), fmt(med(n, "last_p95"), 2), fmt(med(n, "tok_s")),
+            fmt(med(n, "mean_batch")), fmt(med(n, "pass_ms"), 0),
             fmt(med(n, "peak"), 0), fmt(med(n, "before"), 0), fmt(med(n, "after"), 0),
         ]
         for n in args.levels

@@ -228,22 +228,27 @@ class BenchServer:
     def pid(self) -> int:
         return self.process.pid
 
-    def trimmed_rss_mib(self, timeout: float = 30.0) -> float:
-        """The server's RSS after a garbage collection and malloc_trim in the server itself.
+    def status(self, timeout: float = 30.0) -> dict[str, float]:
+        """The server's RSS after malloc_trim in the server itself (`rss_mib`), and its model's
+        batcher counters: `passes`, `served` (requests those passes answered), `largest_batch`.
 
         glibc keeps freed pages in its arenas, so a plain RSS wanders by tens of MiB whatever the
-        program holds; the server collects and trims on SIGUSR1, then writes its RSS to a file."""
+        program holds; the server trims on SIGUSR1, then writes this to a file."""
         self.status_file.unlink(missing_ok=True)
         os.kill(self.pid, signal.SIGUSR1)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.status_file.exists():
                 try:
-                    return json.loads(self.status_file.read_text())["rss_mib"]
-                except (ValueError, KeyError):
+                    return json.loads(self.status_file.read_text())
+                except ValueError:
                     pass  # written but not complete yet
             time.sleep(0.05)
-        raise TimeoutError("the bench server did not report its memory")
+        raise TimeoutError("the bench server did not report its status")
+
+    def trimmed_rss_mib(self, timeout: float = 30.0) -> float:
+        """The server's RSS after malloc_trim in the server (see `status`)."""
+        return self.status(timeout)["rss_mib"]
 
 
 @contextmanager

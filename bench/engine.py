@@ -8,7 +8,8 @@ Four ways to write the same 64 greedy tokens:
 
 on a GPT-2-small-shaped model with random weights (the compute of the real GPT-2) and, when
 it is there, the bundled model; prompts of 8, 128 and 512 tokens. Each is repeated and the
-median kept. Prints a table and the ratios the performance targets are stated in.
+median kept; within a repetition the four take turns, so drift in the machine's speed touches
+all of them alike. Prints a table and the ratios the performance targets are stated in.
 
     python -m bench.engine                 # everything (a few minutes on 2 CPU cores)
     python -m bench.engine --quick         # fewer repetitions, shorter notebook loop
@@ -75,29 +76,35 @@ RUNNERS: dict[str, Runner] = {
 }
 
 
-def median_ms_per_token(run: Runner, lm: LanguageModel, ids: list[int], n_tokens: int, repeats: int) -> float:
-    run(lm, ids, n_tokens)  # warm-up: first-call allocations and lazy initialisation
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        run(lm, ids, n_tokens)
-        times.append((time.perf_counter() - started) * 1000 / n_tokens)
-    return statistics.median(times)
+def ms_per_token(run: Runner, lm: LanguageModel, ids: list[int], n_tokens: int) -> float:
+    started = time.perf_counter()
+    run(lm, ids, n_tokens)
+    return (time.perf_counter() - started) * 1000 / n_tokens
 
 
 def bench_model(lm: LanguageModel, repeats: int, notebook_tokens: int) -> list[dict]:
+    """Per prompt length, the median ms per token of each runner.
+
+    The runners take turns within each repetition (in an order that rotates), so a change
+    in the machine's speed during the run (other work, frequency) touches all of them alike
+    instead of whichever ran in that stretch."""
     rows = []
+    names = list(RUNNERS)
     for length in PROMPT_LENGTHS:
         if lm.context_length is not None and length + NEW_TOKENS > lm.context_length:
             continue
         ids = prompt_ids(lm, length)
-        row = {"model": lm.name, "prompt": length}
-        for name, run in RUNNERS.items():
-            # The notebook loop re-reads the whole text per token: fewer tokens keep it bearable.
-            n_tokens, reps = (
-                (notebook_tokens, max(1, repeats // 2)) if name == "notebook loop" else (NEW_TOKENS, repeats)
-            )
-            row[name] = median_ms_per_token(run, lm, ids, n_tokens, reps)
+        # The notebook loop re-reads the whole text per token: fewer tokens and repetitions keep it bearable.
+        tokens = {name: notebook_tokens if name == "notebook loop" else NEW_TOKENS for name in names}
+        reps = {name: max(1, repeats // 2) if name == "notebook loop" else repeats for name in names}
+        for name in names:
+            RUNNERS[name](lm, ids, tokens[name])  # warm-up: first-call allocations and lazy initialisation
+        times: dict[str, list[float]] = {name: [] for name in names}
+        for rep in range(repeats):
+            for name in names[rep % len(names) :] + names[: rep % len(names)]:
+                if len(times[name]) < reps[name]:
+                    times[name].append(ms_per_token(RUNNERS[name], lm, ids, tokens[name]))
+        row = {"model": lm.name, "prompt": length, **{name: statistics.median(times[name]) for name in names}}
         rows.append(row)
         print_row(row, flush=True)
     return rows

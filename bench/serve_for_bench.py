@@ -6,7 +6,8 @@ default limits, exactly as `python app.py` does, on a model the benchmarks name:
     python -m bench.serve_for_bench --model tinystories --port 7861
 
 On SIGUSR1 it runs malloc_trim and writes its RSS to --status-file, so the benchmark reads the
-memory the server holds rather than pages glibc keeps around. (No explicit garbage collection
+memory the server holds rather than pages glibc keeps around, with its model's batcher
+counters (passes run, requests served, the largest batch). (No explicit garbage collection
 there: a `gc.collect()` in this handler was suspected of the 60-client stall described in
 docs/performance.md; removing it did not cure it, but a collection run from a signal handler
 is not what the served app does, so it stays out.) On
@@ -24,16 +25,27 @@ import os
 import signal
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from bench.common import GPT2_SMALL_SHAPE, build_model, proc_memory_mib, quiet_transformers
 
+if TYPE_CHECKING:
+    from tokstep.batching import ForwardBatcher
 
-def trim_and_report(status_file: Path | None) -> None:
+
+def trim_and_report(status_file: Path | None, batcher: ForwardBatcher) -> None:
     with contextlib.suppress(OSError):  # not glibc: RSS is read untrimmed
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     if status_file is not None:
+        status = {
+            "rss_mib": proc_memory_mib(os.getpid())["VmRSS"],
+            "passes": batcher.passes,
+            "served": batcher.served,
+            "largest_batch": batcher.largest_batch,
+            "pass_seconds": batcher.pass_seconds,
+        }
         partial = status_file.with_suffix(".partial")
-        partial.write_text(json.dumps({"rss_mib": proc_memory_mib(os.getpid())["VmRSS"]}))
+        partial.write_text(json.dumps(status))
         partial.replace(status_file)  # whole or absent: the reader never sees half a file
 
 
@@ -53,10 +65,11 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.torch_threads)  # the workers' passes pick it up
-    demo = create_demo(build_model(args.model, args.device))
+    lm = build_model(args.model, args.device)
+    demo = create_demo(lm)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        trim_and_report(args.status_file)
+        trim_and_report(args.status_file, lm.batcher)
 
     # Set before launch: the benchmark may ask as soon as the page answers.
     signal.signal(signal.SIGUSR1, on_signal)

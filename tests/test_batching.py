@@ -88,11 +88,15 @@ def test_batched_greedy_steps_equal_each_session_alone(model, request):
         alone.append([stepper.step(5) for _ in range(ROUNDS)])
     sessions = steppers(lm)
     batched = [[] for _ in sessions]
+    reused_before = lm.batcher.reused_batches
     for _ in range(ROUNDS):
         steps = together(lm, [lambda s=s: s.step(5) for s in sessions], cold(sessions))
         for record, step in zip(batched, steps, strict=True):
             record.append(step)
     assert lm.batcher.largest_batch >= len(sessions)
+    # The same sessions pass after pass: every decode pass took the last pass's padded cache
+    # as it was (the first one, the prompts' batch), and the results below are still exact.
+    assert lm.batcher.reused_batches - reused_before == ROUNDS - 1
     for got, want in zip(batched, alone, strict=True):
         for batched_step, alone_step in zip(got, want, strict=True):
             assert_same_step(batched_step, alone_step)
@@ -134,10 +138,14 @@ def test_sampling_picks_undo_and_prefills_mix_in_one_batch(tiny_lm):
             script(stepper, index, round_)
 
     sessions = steppers(tiny_lm)
+    reused_before = tiny_lm.batcher.reused_batches
     for round_ in range(ROUNDS):
         active = [(index, s) for index, s in enumerate(sessions) if index < 4 or round_ >= joins_at]
         actions = [lambda s=s, i=i, r=round_: script(s, i, r) for i, s in active]
         together(tiny_lm, actions, cold([s for _, s in active]))
+    # An undo (a cropped cache) and a new session each make the next pass pad the caches
+    # afresh; the rounds between them reuse the last pass's.
+    assert 0 < tiny_lm.batcher.reused_batches - reused_before < ROUNDS - 1
     assert [stepper.ids for stepper in sessions] == [stepper.ids for stepper in alone]
     for batched, solo in zip(sessions, alone, strict=True):
         assert [step.chosen_by for step in batched.steps] == [step.chosen_by for step in solo.steps]

@@ -9,6 +9,7 @@ Sampling instead of greedy, reproducible by its seed:
     tokstep.generate_steps(lm, "Once upon a time", sampling=tokstep.SamplingSettings(temperature=0.8, seed=7))
 """
 
+from tokstep.distribution import entropy_bits, logits_to_probs, token_rank
 from tokstep.engine import (
     STOP_REASON_TEXT,
     ChosenBy,
@@ -20,12 +21,9 @@ from tokstep.engine import (
     TokenScore,
     TokenStepper,
     UndoError,
-    entropy_bits,
     generate_steps,
-    logits_to_probs,
     rank_bucket,
     score_prompt,
-    token_rank,
 )
 from tokstep.loading import LanguageModel, ModelLoadError, bundled_models, from_objects, load
 from tokstep.sampling import (

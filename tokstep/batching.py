@@ -42,6 +42,8 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicLayer
 
+from tokstep.distribution import NextTokenSummary, summarize
+
 # A class of 30 (and then some) in one pass; past this, a pass's attention and cache copies
 # cost more than the weights it shares, and the rest wait one pass.
 DEFAULT_MAX_BATCH = 32
@@ -61,9 +63,8 @@ class ForwardResult:
     """What one sequence gets back from a pass."""
 
     cache: Cache  # its KV cache, now holding every id it sent
-    logits: torch.Tensor  # (vocab,) for the next token
-    probs: torch.Tensor  # (vocab,) full-vocabulary softmax of `logits`, in fp32
-    forward_ms: float  # wall time of the pass it was part of
+    summary: NextTokenSummary  # the next token's logits, full softmax, entropy, top tokens
+    forward_ms: float  # wall time of the pass it was part of, summaries included
 
 
 @dataclass(eq=False)
@@ -127,6 +128,10 @@ class ForwardBatcher:
         self._recent_window_s = 0.0
         self.served = 0  # requests answered by those passes: served / passes is the mean batch size
         self.largest_batch = 0
+        self.pass_seconds = 0.0  # wall time spent in those passes
+        self.reused_batches = 0  # decode passes that took the last pass's cache as it was
+        self._last_rows: dict[Hashable, tuple[int, int]] = {}  # sequence -> (row, first real position)
+        self._last_length = 0  # positions in the last batch's cache, padding included
 
     def forward(self, ids: Sequence[int], cache: Cache | None, cached: int, sequence: Hashable = None) -> ForwardResult:
         """Feed `ids` on top of `cache` (which holds `cached` positions); wait for the logits.
@@ -216,12 +221,14 @@ class ForwardBatcher:
 
     def _settle(self, requests: list[_Request], run: Callable[[Any], None], argument: Any) -> None:
         """Run one pass; on failure every request in it gets the error (its thread raises it)."""
+        started = time.perf_counter()
         try:
             run(argument)
         except Exception as error:  # noqa: BLE001 (handed to the waiting threads, which raise it)
             for request in requests:
                 request.error = error
         finally:
+            self.pass_seconds += time.perf_counter() - started
             self.passes += 1
             self.served += len(requests)
             self.largest_batch = max(self.largest_batch, len(requests))
@@ -234,10 +241,8 @@ class ForwardBatcher:
         started = time.perf_counter()
         # Only the last position's logits are needed: (1, 1, vocab).
         output = self.model(input_ids=pending, cache=request.cache, use_cache=True, logits_to_keep=1)
-        logits = output.logits[:, -1]  # (1, vocab)
-        probs = torch.softmax(logits.float(), dim=-1)  # (1, vocab)
-        forward_ms = _elapsed_ms(started, logits)
-        request.result = ForwardResult(output.cache, logits[0], probs[0], forward_ms)
+        (summary,) = summarize(output.logits[:, -1])  # from (1, vocab)
+        request.result = ForwardResult(output.cache, summary, _elapsed_ms(started, summary.logits))
 
     def _forward_prefills(self, requests: list[_Request]) -> None:
         """Many prompts read in one pass: left-padded to the longest, padding masked out."""
@@ -258,10 +263,74 @@ class ForwardBatcher:
 
     def _forward_decodes(self, requests: list[_Request]) -> None:
         """Many sequences' next token in one pass, each at its own position."""
+        previous = self._previous_batch(requests)
+        if previous is not None:
+            # The same sequences as the last pass, untouched since: its cache is already padded.
+            requests, padded = previous
+            self.reused_batches += 1
+        else:
+            padded = self._padded_cache(requests)
+        lengths = [request.cached for request in requests]
+        longest, batch_size = max(lengths), len(requests)
+        device = self.model.device
+        input_ids = torch.tensor([request.ids for request in requests], device=device)  # (B, 1)
+        # Each row's own position: absolute position embeddings (GPT-2) and rotary ones alike.
+        position_ids = torch.tensor([[length] for length in lengths], device=device)  # (B, 1)
+        # 1 for real positions, 0 for padding, then 1 for the new token: (B, longest + 1).
+        attention_mask = torch.ones((batch_size, longest + 1), dtype=torch.long, device=device)
+        for row, length in enumerate(lengths):
+            attention_mask[row, : longest - length] = 0
+        starts = [longest - length for length in lengths]
+        owns = [request.cache for request in requests]
+        self._pass_and_split(requests, starts, owns, input_ids, attention_mask, position_ids, padded)
+
+    def _previous_batch(self, requests: list[_Request]) -> tuple[list[_Request], DynamicCache] | None:
+        """The last batched pass's cache and `requests` in its row order, when `requests` are
+        exactly that pass's sequences and each one's cache is still the view of its row.
+
+        A class auto-running sends the same sequences pass after pass; padding their caches
+        again each time copies every layer's keys and values (tens of MB for GPT-2 small at
+        30 sequences). No tensor is kept between passes to know this, only each sequence's
+        row and first real position: the rows' own views say whether they are still intact
+        (same storage, offset and shape: an undo's crop or a re-read changes them), and the
+        batch's tensors are rebuilt from the storage they share."""
+        rows = self._last_rows
+        if len(requests) != len(rows) or any(request.sequence not in rows for request in requests):
+            return None
+        placed = sorted(requests, key=lambda request: rows[request.sequence][0])
+        batch_size, length = len(rows), self._last_length
+        caches: list[DynamicCache] = [request.cache for request in placed]  # type: ignore[misc]
+        tensors: list[torch.Tensor] = []
+        for index in range(len(caches[0].layers)):
+            for name in ("keys", "values"):
+                first = getattr(caches[0].layers[index], name)
+                _, heads, _, head_dim = first.shape
+                stride = (heads * length * head_dim, length * head_dim, head_dim, 1)  # of the whole batch
+                storage = first.untyped_storage()
+                if storage.nbytes() != batch_size * stride[0] * first.element_size():
+                    return None
+                for row, (request, cache) in enumerate(zip(placed, caches, strict=True)):
+                    view = getattr(cache.layers[index], name)
+                    start = rows[request.sequence][1]
+                    if (
+                        view.untyped_storage().data_ptr() != storage.data_ptr()
+                        or tuple(view.shape) != (1, heads, length - start, head_dim)
+                        or view.stride() != stride
+                        or view.storage_offset() != row * stride[0] + start * head_dim
+                        or request.cached != length - start
+                    ):
+                        return None
+                tensors.append(first.as_strided((batch_size, heads, length, head_dim), stride, 0))
+        batch = DynamicCache(ddp_cache_data=[(keys[:, :, :0], values[:, :, :0]) for keys, values in _pairs(tensors)])
+        for layer, (keys, values) in zip(batch.layers, _pairs(tensors), strict=True):
+            layer.keys, layer.values = keys, values
+        return placed, batch
+
+    def _padded_cache(self, requests: list[_Request]) -> DynamicCache:
+        """The requests' caches in one, left-padded to the longest: (B, heads, longest, head_dim) per layer."""
         lengths = [request.cached for request in requests]
         longest, batch_size = max(lengths), len(requests)
         caches: list[DynamicCache] = [request.cache for request in requests]  # type: ignore[misc]
-        # Left-pad every layer's keys and values to the longest sequence: (B, heads, longest, head_dim).
         padded = DynamicCache(
             ddp_cache_data=[(layer.keys[:, :, :0], layer.values[:, :, :0]) for layer in caches[0].layers]
         )
@@ -278,17 +347,7 @@ class ForwardBatcher:
                 keys[row, :, pad:] = cache.layers[index].keys[0]
                 values[row, :, pad:] = cache.layers[index].values[0]
             layer.keys, layer.values = keys, values
-        device = self.model.device
-        input_ids = torch.tensor([request.ids for request in requests], device=device)  # (B, 1)
-        # Each row's own position: absolute position embeddings (GPT-2) and rotary ones alike.
-        position_ids = torch.tensor([[length] for length in lengths], device=device)  # (B, 1)
-        # 1 for real positions, 0 for padding, then 1 for the new token: (B, longest + 1).
-        attention_mask = torch.ones((batch_size, longest + 1), dtype=torch.long, device=device)
-        for row, length in enumerate(lengths):
-            attention_mask[row, : longest - length] = 0
-        starts = [longest - length for length in lengths]
-        owns = [request.cache for request in requests]
-        self._pass_and_split(requests, starts, owns, input_ids, attention_mask, position_ids, padded)
+        return padded
 
     def _pass_and_split(
         self,
@@ -300,7 +359,7 @@ class ForwardBatcher:
         position_ids: torch.Tensor,
         cache: Cache | None = None,
     ) -> None:
-        """One batched pass; each request gets its row: logits, softmax, and its own cache.
+        """One batched pass; each request gets its row: its distribution's summary and its own cache.
 
         A request's cache becomes its row of the batch's cache from `starts[row]` on (views,
         padding dropped), in `owns[row]` or, for None, a new DynamicCache."""
@@ -313,10 +372,16 @@ class ForwardBatcher:
             use_cache=True,
             logits_to_keep=1,
         )
-        logits = output.logits[:, -1]  # (B, vocab): every row's last position is its newest real token
-        probs = torch.softmax(logits.float(), dim=-1)  # (B, vocab)
-        forward_ms = _elapsed_ms(started, logits)
+        # (B, vocab): every row's last position is its newest real token. Summarised here, for
+        # the whole batch at once, not by each session's thread (see tokstep.distribution).
+        summaries = summarize(output.logits[:, -1])
+        forward_ms = _elapsed_ms(started, output.logits)
         batched_layers = output.cache.layers
+        # Where each sequence sits in this batch, for _previous_batch (ints only: no tensor kept).
+        self._last_rows = {
+            request.sequence: (row, start) for row, (request, start) in enumerate(zip(requests, starts, strict=True))
+        }
+        self._last_length = batched_layers[0].keys.shape[2]
         for row, (request, start, own) in enumerate(zip(requests, starts, owns, strict=True)):
             if own is None:
                 # Layers set up (initialised) empty, then pointed at the rows below.
@@ -326,7 +391,12 @@ class ForwardBatcher:
             for layer, batched in zip(own.layers, batched_layers, strict=True):
                 layer.keys = batched.keys[row : row + 1, :, start:]  # (1, heads, positions, head_dim)
                 layer.values = batched.values[row : row + 1, :, start:]
-            request.result = ForwardResult(own, logits[row], probs[row], forward_ms)
+            request.result = ForwardResult(own, summaries[row], forward_ms)
+
+
+def _pairs(tensors: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """[k0, v0, k1, v1, ...] as [(k0, v0), (k1, v1), ...]."""
+    return list(zip(tensors[::2], tensors[1::2], strict=True))
 
 
 def _elapsed_ms(started: float, logits: torch.Tensor) -> float:

@@ -23,7 +23,7 @@ from tokstep.api import number, sampling_settings, whole_number
 from tokstep.assets import PROMPT_COLOR, RANK_COLORS
 from tokstep.chat import NO_TEMPLATE_MESSAGE as NO_TEMPLATE
 from tokstep.chat import ChatError, ChatSession, ChatTurn, TokenKind, has_chat_template
-from tokstep.engine import Step, rank_bucket, top_k
+from tokstep.engine import Step, rank_bucket
 from tokstep.loading import LanguageModel
 from tokstep.sampling import SamplingSettings
 from tokstep.tokens import visible_whitespace
@@ -158,7 +158,7 @@ def render(session: ChatSession, settings: ChatSettings, note: str = "") -> tupl
         elif turn.context_full:
             lines.append("The model's context is full: Clear the chat to start again.")
         else:
-            candidates, rest = top_k(lm, stepper.next_token_probs(), settings.top_k)
+            candidates, rest = stepper.next_top(settings.top_k)
             top = {label_key(c.token_id, c.token): c.prob for c in candidates}
             best = candidates[0]
             lines.append(

@@ -25,6 +25,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
+from tokstep.distribution import NextTokenSummary, logits_to_probs
 from tokstep.loading import LanguageModel
 from tokstep.sampling import SamplingSettings, sample_token, sampling_probs
 from tokstep.tokens import tokenize
@@ -95,27 +96,6 @@ class UndoError(ValueError):
     """Undo asked for when no generated token is left: only the prompt remains."""
 
 
-def logits_to_probs(logits: torch.Tensor) -> torch.Tensor:
-    """Softmax over the whole vocabulary, in fp32 even when the model runs in half precision.
-
-    logits: (vocab,) -> probs: (vocab,), summing to 1.
-    """
-    return torch.softmax(logits.float(), dim=-1)
-
-
-def entropy_bits(probs: torch.Tensor) -> float:
-    """Entropy of a distribution (vocab,), in bits: 0 when the model is sure, log2(vocab) at most.
-
-    xlogy counts 0 * log 0 as 0: tokens whose probability underflows add nothing.
-    """
-    return float(-torch.special.xlogy(probs.double(), probs.double()).sum() / math.log(2))
-
-
-def token_rank(probs: torch.Tensor, token_id: int) -> int:
-    """1 + the number of tokens more likely than `token_id` under `probs` (vocab,); ties share a rank."""
-    return int((probs > probs[token_id]).sum()) + 1
-
-
 def rank_bucket(rank: int) -> RankBucket:
     """The band a 1-based rank falls in: "top 1", "top 10", "top 100" or "beyond"."""
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
@@ -129,14 +109,22 @@ def rank_bucket(rank: int) -> RankBucket:
     return "beyond"
 
 
-def top_k(lm: LanguageModel, probs: torch.Tensor, k: int) -> tuple[list[TokenProb], float]:
-    """The k most likely tokens (highest first) and the probability mass outside them."""
-    values, indices = torch.topk(probs, k)  # (k,), (k,)
-    top = [
-        TokenProb(int(token_id), lm.texts.text(int(token_id)), float(prob))
-        for prob, token_id in zip(values.tolist(), indices.tolist(), strict=True)
-    ]
-    return top, max(0.0, 1.0 - float(values.sum()))
+def top_k(lm: LanguageModel, probs: torch.Tensor | NextTokenSummary, k: int) -> tuple[list[TokenProb], float]:
+    """The k most likely tokens (highest first) and the probability mass outside them.
+
+    From a summary's top tokens when it holds k of them, else from the probs (vocab,)."""
+    if isinstance(probs, NextTokenSummary):
+        if k <= len(probs.top_ids):
+            ids, values = probs.top_ids[:k], probs.top_probs[:k]
+            return _candidates(lm, ids, values), max(0.0, 1.0 - math.fsum(values))
+        probs = probs.probs
+    top_values, top_indices = torch.topk(probs, k)  # (k,), (k,)
+    values = top_values.tolist()
+    return _candidates(lm, top_indices.tolist(), values), max(0.0, 1.0 - math.fsum(values))
+
+
+def _candidates(lm: LanguageModel, ids: list[int], probs: list[float]) -> list[TokenProb]:
+    return [TokenProb(token_id, lm.texts.text(token_id), prob) for token_id, prob in zip(ids, probs, strict=True)]
 
 
 def check_token_id(token_id: int, vocab_size: int) -> int:
@@ -185,9 +173,9 @@ class TokenStepper:
         self.steps: list[Step] = []
         self._cache = None  # transformers Cache holding keys/values of ids[:_cached]
         self._cached = 0
-        self._next_logits: torch.Tensor | None = None  # (vocab,), after ids[:_cached]
-        self._next_probs: torch.Tensor | None = None  # (vocab,), their full softmax
-        self._next_forward_ms = 0.0  # wall time of the pass that gave _next_logits
+        # The next token's distribution after ids[:_cached] (logits, full softmax, top tokens).
+        self._next: NextTokenSummary | None = None
+        self._next_forward_ms = 0.0  # wall time of the pass that gave _next
         self._lock = threading.Lock()  # one step at a time per sequence
         self._prompt_scores: list[TokenScore] | None = None
 
@@ -222,23 +210,22 @@ class TokenStepper:
         """The prompt followed by everything generated so far."""
         return self.prompt_text + self.generated_text()
 
-    def _forward_pending(self) -> torch.Tensor:
-        """Feed the ids not yet in the KV cache; return the next-token logits (vocab,).
+    def _forward_pending(self) -> NextTokenSummary:
+        """Feed the ids not yet in the KV cache; return the next token's distribution.
 
         The pass goes through the model's batcher: when other sessions step at the same
         moment, their tokens and this one share one batched forward pass."""
-        if self._next_logits is not None and self._cached == len(self.ids):
-            return self._next_logits
+        if self._next is not None and self._cached == len(self.ids):
+            return self._next
         # Prefill reads the whole prompt; later passes read one token.
         result = self.lm.batcher.forward(self.ids[self._cached :], self._cache, self._cached, sequence=id(self))
         # Waiting for another pass is not this token's cost: only its own pass is timed.
         self._next_forward_ms = result.forward_ms
         self._cache = result.cache
         self._cached = len(self.ids)
-        self._next_logits = result.logits
-        self._next_probs = result.probs
+        self._next = result.summary
         self.lm.warm_sequences.touch(self)
-        return self._next_logits
+        return self._next
 
     def release(self, blocking: bool = True) -> bool:
         """Give back the KV cache and next-token logits; ids and steps stay.
@@ -249,7 +236,7 @@ class TokenStepper:
         if not self._lock.acquire(blocking=blocking):
             return False
         try:
-            self._cache, self._cached, self._next_logits, self._next_probs = None, 0, None, None
+            self._cache, self._cached, self._next = None, 0, None
             self.lm.warm_sequences.discard(self)
         finally:
             self._lock.release()
@@ -263,7 +250,7 @@ class TokenStepper:
     def next_token_logits(self) -> torch.Tensor:
         """The model's logits for the next token: (vocab,). Sampling filters start from these."""
         with self._lock:
-            return self._forward_pending()
+            return self._forward_pending().logits
 
     def prompt_scores(self) -> list[TokenScore]:
         """How likely the model found each prompt token (computed once: the prompt never changes)."""
@@ -274,17 +261,13 @@ class TokenStepper:
     def next_token_probs(self) -> torch.Tensor:
         """The model's distribution for the next token: (vocab,), full softmax."""
         with self._lock:
-            return self._pending_probs()
-
-    def _pending_probs(self) -> torch.Tensor:
-        """The next token's full softmax (vocab,), computed once per position."""
-        self._forward_pending()
-        assert self._next_probs is not None
-        return self._next_probs
+            return self._forward_pending().probs
 
     def next_top(self, k: int = 5) -> tuple[list[TokenProb], float]:
         """The k most likely next tokens and the mass outside them."""
-        return top_k(self.lm, self.next_token_probs(), check_top_k(self.lm, k))
+        check_top_k(self.lm, k)
+        with self._lock:
+            return top_k(self.lm, self._forward_pending(), k)
 
     def step(self, top_k_size: int = 5, token_id: int | None = None, sampling: SamplingSettings | None = None) -> Step:
         """Append one token and return its Step. The token is, in this order of precedence:
@@ -304,11 +287,11 @@ class TokenStepper:
         with self._lock:
             if self.room_left is not None and self.room_left <= 0:
                 raise PromptError(context_full_message(self.lm))
-            logits = self._forward_pending()  # (vocab,)
+            summary = self._forward_pending()
             started = time.perf_counter()
-            probs = self._pending_probs()  # (vocab,)
+            probs = summary.probs  # (vocab,)
             position = len(self.ids)
-            drawn = sampling_probs(logits, sampling) if sampling is not None else None  # (vocab,) or None
+            drawn = sampling_probs(summary.logits, sampling) if sampling is not None else None  # (vocab,) or None
             chosen_by: ChosenBy
             if token_id is not None:
                 token_id = check_token_id(token_id, probs.shape[0])
@@ -318,9 +301,9 @@ class TokenStepper:
                 chosen_by = "sampled"
             else:
                 # argmax of the logits, exactly as greedy search in `generate` picks.
-                token_id = int(torch.argmax(logits))
+                token_id = summary.greedy_id
                 chosen_by = "greedy"
-            top, rest = top_k(self.lm, probs, top_k_size)
+            top, rest = top_k(self.lm, summary, top_k_size)
             stop_reason: StopReason | None = None
             if token_id in self.lm.eos_token_ids:
                 stop_reason = "end_of_text"
@@ -329,14 +312,14 @@ class TokenStepper:
             step = Step(
                 token_id=token_id,
                 token=self.lm.texts.text(token_id),
-                prob=float(probs[token_id]),
+                prob=summary.top_probs[0] if token_id == summary.top_ids[0] else float(probs[token_id]),
                 top=top,
                 rest_prob=rest,
                 position=position,
                 stop_reason=stop_reason,
                 chosen_by=chosen_by,
-                rank=token_rank(probs, token_id),
-                entropy=entropy_bits(probs),
+                rank=summary.rank(token_id),
+                entropy=summary.entropy,
                 elapsed_ms=self._next_forward_ms + (time.perf_counter() - started) * 1000.0,
                 sampling=sampling,
                 sampling_prob=float(drawn[token_id]) if drawn is not None else None,
@@ -370,7 +353,7 @@ class TokenStepper:
                     # Sliding-window or recurrent layers cannot be put back as they were: read
                     # the whole sequence again.
                     self._cache, self._cached = None, 0
-            self._next_logits = self._next_probs = None
+            self._next = None
         return step
 
 

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
-import torch
 
 from tokstep.assets import PROMPT_COLOR, RANK_COLORS
 from tokstep.engine import (
@@ -22,7 +21,6 @@ from tokstep.engine import (
     TokenStepper,
     context_full_message,
     rank_bucket,
-    top_k,
 )
 from tokstep.sampling import SamplingSettings, sampling_probs
 from tokstep.tokens import visible_whitespace
@@ -117,12 +115,10 @@ def _next_candidates(
     stepper: TokenStepper, settings: ViewSettings
 ) -> tuple[list[TokenProb], float, list[float] | None]:
     """The top-k next tokens, the mass outside them, and (sampling) each one's sampler probability."""
-    logits = stepper.next_token_logits()  # (vocab,)
-    probs = torch.softmax(logits.float(), dim=-1)  # (vocab,)
-    top, rest = top_k(stepper.lm, probs, settings.top_k)
+    top, rest = stepper.next_top(settings.top_k)
     if settings.sampling is None:
         return top, rest, None
-    drawn = sampling_probs(logits, settings.sampling)  # (vocab,)
+    drawn = sampling_probs(stepper.next_token_logits(), settings.sampling)  # (vocab,)
     return top, rest, [float(drawn[c.token_id]) for c in top]
 
 

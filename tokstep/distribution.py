@@ -1,0 +1,82 @@
+"""The next-token distribution and what tokstep shows of it, for one row or a whole batch.
+
+After a forward pass the batcher summarises every row of the batch at once: the full softmax,
+its entropy, the greedy token and its rank, and the SUMMARY_TOP_K most likely tokens, each in
+one tensor op over the (batch, vocab) logits. Each session's thread then only reads its row's
+plain numbers. Thirty threads each running those ops on their own (vocab,) row would each
+start torch's multi-threaded kernels at the same moment and fight over the cores (see
+docs/performance.md, "Threads"); one op over the batch costs about what one row's does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+# The page's largest top-k: every step it shows is read from the summary. A larger k (the
+# engine allows up to the vocabulary) is computed from `probs` when asked for.
+SUMMARY_TOP_K = 20
+
+
+def logits_to_probs(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over the whole vocabulary, in fp32 even when the model runs in half precision.
+
+    logits: (..., vocab) -> probs: (..., vocab), each row summing to 1.
+    """
+    return torch.softmax(logits.float(), dim=-1)
+
+
+def entropies_bits(probs: torch.Tensor) -> torch.Tensor:
+    """Entropy of each distribution, in bits: (..., vocab) -> (...).
+
+    `entr` counts 0 * log 0 as 0, so tokens whose probability underflows add nothing. In fp32:
+    within 3e-6 bits of a float64 sum over GPT-2's 50,257 tokens, at half the cost.
+    """
+    return torch.special.entr(probs).sum(dim=-1) / math.log(2)
+
+
+def entropy_bits(probs: torch.Tensor) -> float:
+    """Entropy of one distribution (vocab,), in bits: 0 when the model is sure, log2(vocab) at most."""
+    return float(entropies_bits(probs))
+
+
+def token_rank(probs: torch.Tensor, token_id: int) -> int:
+    """1 + the number of tokens more likely than `token_id` under `probs` (vocab,); ties share a rank."""
+    return int((probs > probs[token_id]).sum()) + 1
+
+
+@dataclass(frozen=True, eq=False)
+class NextTokenSummary:
+    """One row's next-token distribution and the numbers a step shows of it."""
+
+    logits: torch.Tensor  # (vocab,) as the model gave them
+    probs: torch.Tensor  # (vocab,) full softmax, fp32
+    entropy: float  # of `probs`, in bits
+    greedy_id: int  # argmax of the logits: what greedy search (and `generate`) picks
+    greedy_rank: int  # its rank under `probs` (1 unless rounding ties it with another token)
+    top_ids: list[int]  # the min(SUMMARY_TOP_K, vocab) most likely tokens, highest first
+    top_probs: list[float]  # their probabilities
+
+    def rank(self, token_id: int) -> int:
+        """`token_id`'s rank under `probs` (see token_rank)."""
+        return self.greedy_rank if token_id == self.greedy_id else token_rank(self.probs, token_id)
+
+
+def summarize(logits: torch.Tensor) -> list[NextTokenSummary]:
+    """A summary per row of `logits` (batch, vocab), computed for the whole batch at once."""
+    probs = logits_to_probs(logits)  # (B, vocab)
+    greedy = torch.argmax(logits, dim=-1)  # (B,)
+    greedy_probs = probs.gather(1, greedy[:, None])  # (B, 1)
+    greedy_ranks = (probs > greedy_probs).sum(dim=-1) + 1  # (B,)
+    top_probs, top_ids = torch.topk(probs, min(SUMMARY_TOP_K, probs.shape[-1]), dim=-1)  # (B, K), (B, K)
+    entropies = entropies_bits(probs)  # (B,)
+    # One device-to-host copy per quantity for the whole batch.
+    rows = zip(
+        greedy.tolist(), greedy_ranks.tolist(), top_ids.tolist(), top_probs.tolist(), entropies.tolist(), strict=True
+    )
+    return [
+        NextTokenSummary(logits[row], probs[row], entropy, greedy_id, rank, ids, values)
+        for row, (greedy_id, rank, ids, values, entropy) in enumerate(rows)
+    ]
