@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import huggingface_hub
@@ -79,9 +80,9 @@ class LanguageModel:
         """Where input ids go: the device of the input embeddings."""
         return self.model.get_input_embeddings().weight.device
 
-    @property
+    @cached_property
     def vocab_size(self) -> int:
-        """Width of the model's output: the softmax runs over all of it."""
+        """Width of the model's output: the softmax runs over all of it (read once: every step checks against it)."""
         return self.model.get_output_embeddings().weight.shape[0]
 
 
