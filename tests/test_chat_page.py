@@ -34,6 +34,9 @@ def test_the_page_steps_a_chat_models_reply_after_choosing_it(browser, page_url,
 
         pick_model(tab, chat_lm.name)
         tab.wait_for_function(f"document.querySelector('#model input').value === {chat_lm.name!r}")
+        # The switch is done when the session's model has changed, which the chat section shows:
+        # its "no chat template" note goes away (a Send before that still goes to the old model).
+        tab.wait_for_function("!document.querySelector('#chat-status').innerText.includes('no chat template')")
         tab.locator("#chat-message textarea").fill(MESSAGE)
         tab.click("#chat-send")
         tab.locator("#chat-bot [data-testid='user']", has_text=MESSAGE).wait_for()
