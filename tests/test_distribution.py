@@ -1,5 +1,5 @@
 """The batch summary of next-token distributions equals each row computed on its own, from
-the model's real logits: softmax, entropy, greedy token and rank, top tokens."""
+the model's real logits: softmax, entropy, greedy token, top tokens, ranks."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def test_each_row_matches_its_own_computation(batch_logits: torch.Tensor) -> Non
         probs = torch.softmax(row.double(), dim=-1)  # the reference, in float64
         assert torch.allclose(summary.probs.double(), probs, atol=1e-5)  # fp32 softmax against float64
         assert summary.greedy_id == int(torch.argmax(row))
-        assert summary.greedy_rank == 1
+        assert summary.rank(summary.greedy_id) == token_rank(summary.probs, summary.greedy_id) == 1
         k = min(SUMMARY_TOP_K, row.shape[-1])
         assert summary.top_ids == torch.topk(probs, k).indices.tolist()
         assert summary.top_probs == pytest.approx(torch.topk(probs, k).values.tolist(), abs=1e-5)
@@ -41,7 +41,7 @@ def test_each_row_matches_its_own_computation(batch_logits: torch.Tensor) -> Non
 
 def test_rank_of_any_token(batch_logits: torch.Tensor) -> None:
     summary = summarize(batch_logits[:1])[0]
-    for token_id in (summary.top_ids[3], summary.top_ids[-1], int(torch.argmin(summary.probs))):
+    for token_id in (summary.top_ids[0], summary.top_ids[3], summary.top_ids[-1], int(torch.argmin(summary.probs))):
         expected = 1 + sum(1 for p in summary.probs.tolist() if p > float(summary.probs[token_id]))
         assert summary.rank(token_id) == expected == token_rank(summary.probs, token_id)
 
@@ -50,4 +50,6 @@ def test_entropy_ignores_tokens_that_cannot_occur() -> None:
     # A banned token (-inf logit) has probability 0 and adds nothing: two equally likely tokens are 1 bit.
     (summary,) = summarize(torch.tensor([[0.0, 0.0, float("-inf")]]))
     assert summary.entropy == pytest.approx(1.0, abs=1e-6)
-    assert summary.top_ids[:2] == [0, 1] and summary.top_probs[2] == 0.0
+    assert sorted(summary.top_ids[:2]) == [0, 1] and summary.top_probs[2] == 0.0
+    # Tied for first place, both are rank 1 (no token is more likely), and greedy picks the first.
+    assert summary.greedy_id == 0 and summary.rank(0) == summary.rank(1) == 1 and summary.rank(2) == 3

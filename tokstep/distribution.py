@@ -1,7 +1,7 @@
 """The next-token distribution and what tokstep shows of it, for one row or a whole batch.
 
 After a forward pass the batcher summarises every row of the batch at once: the full softmax,
-its entropy, the greedy token and its rank, and the SUMMARY_TOP_K most likely tokens, each in
+its entropy, the greedy token, and the SUMMARY_TOP_K most likely tokens, each in
 one tensor op over the (batch, vocab) logits. Each session's thread then only reads its row's
 plain numbers. Thirty threads each running those ops on their own (vocab,) row would each
 start torch's multi-threaded kernels at the same moment and fight over the cores (see
@@ -55,28 +55,27 @@ class NextTokenSummary:
     probs: torch.Tensor  # (vocab,) full softmax, fp32
     entropy: float  # of `probs`, in bits
     greedy_id: int  # argmax of the logits: what greedy search (and `generate`) picks
-    greedy_rank: int  # its rank under `probs` (1 unless rounding ties it with another token)
     top_ids: list[int]  # the min(SUMMARY_TOP_K, vocab) most likely tokens, highest first
     top_probs: list[float]  # their probabilities
 
     def rank(self, token_id: int) -> int:
-        """`token_id`'s rank under `probs` (see token_rank)."""
-        return self.greedy_rank if token_id == self.greedy_id else token_rank(self.probs, token_id)
+        """`token_id`'s rank under `probs` (see token_rank).
+
+        The most likely token is rank 1 without counting: no token is more likely than it. The
+        greedy token is almost always that one; when rounding gives another token the same
+        probability, it is counted like any other."""
+        return 1 if token_id == self.top_ids[0] else token_rank(self.probs, token_id)
 
 
 def summarize(logits: torch.Tensor) -> list[NextTokenSummary]:
     """A summary per row of `logits` (batch, vocab), computed for the whole batch at once."""
     probs = logits_to_probs(logits)  # (B, vocab)
     greedy = torch.argmax(logits, dim=-1)  # (B,)
-    greedy_probs = probs.gather(1, greedy[:, None])  # (B, 1)
-    greedy_ranks = (probs > greedy_probs).sum(dim=-1) + 1  # (B,)
     top_probs, top_ids = torch.topk(probs, min(SUMMARY_TOP_K, probs.shape[-1]), dim=-1)  # (B, K), (B, K)
     entropies = entropies_bits(probs)  # (B,)
     # One device-to-host copy per quantity for the whole batch.
-    rows = zip(
-        greedy.tolist(), greedy_ranks.tolist(), top_ids.tolist(), top_probs.tolist(), entropies.tolist(), strict=True
-    )
+    rows = zip(greedy.tolist(), top_ids.tolist(), top_probs.tolist(), entropies.tolist(), strict=True)
     return [
-        NextTokenSummary(logits[row], probs[row], entropy, greedy_id, rank, ids, values)
-        for row, (greedy_id, rank, ids, values, entropy) in enumerate(rows)
+        NextTokenSummary(logits[row], probs[row], entropy, greedy_id, ids, values)
+        for row, (greedy_id, ids, values, entropy) in enumerate(rows)
     ]
