@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from tokstep.distribution import SUMMARY_TOP_K, entropy_bits, summarize, token_rank
+from tokstep.engine import TokenStepper
 from tokstep.loading import LanguageModel
 
 
@@ -53,3 +54,16 @@ def test_entropy_ignores_tokens_that_cannot_occur() -> None:
     assert sorted(summary.top_ids[:2]) == [0, 1] and summary.top_probs[2] == 0.0
     # Tied for first place, both are rank 1 (no token is more likely), and greedy picks the first.
     assert summary.greedy_id == 0 and summary.rank(0) == summary.rank(1) == 1 and summary.rank(2) == 3
+
+
+@pytest.mark.parametrize("k", [1, 5, SUMMARY_TOP_K, SUMMARY_TOP_K + 1, 50])
+def test_a_steps_top_k_is_the_full_softmaxs_whatever_k(tiny_lm: LanguageModel, k: int) -> None:
+    """Up to SUMMARY_TOP_K the step reads the summary; past it, the probabilities: the same either way."""
+    stepper = TokenStepper.from_text(tiny_lm, "Once upon a time")
+    probs = torch.softmax(stepper.next_token_logits().double(), dim=-1)
+    reference = torch.topk(probs, k)
+    step = stepper.step(k)
+    assert [candidate.token_id for candidate in step.top] == reference.indices.tolist()
+    assert [candidate.prob for candidate in step.top] == pytest.approx(reference.values.tolist(), abs=1e-5)
+    assert step.rest_prob == pytest.approx(1 - float(reference.values.sum()), abs=1e-5)
+    assert step.token_id == int(torch.argmax(probs)) and step.rank == 1
