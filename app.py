@@ -12,6 +12,7 @@ import argparse
 import os
 import sys
 
+from tokstep.allocator import limit_malloc_arenas
 from tokstep.loading import ModelLoadError
 from tokstep.model_choice import parse_models
 from tokstep.share import launch
@@ -38,6 +39,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 args = parse_args()
+limit_malloc_arenas()  # before the server's threads: a class's worth of them multiplies peak memory
 try:
     lm, notice = load_for_app(args.model, env_model=os.environ.get("TOKSTEP_MODEL"), default=DEFAULT_MODEL)
 except ModelLoadError as error:

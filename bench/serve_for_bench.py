@@ -1,6 +1,6 @@
 """A tokstep server for the benchmarks, in a process of its own (bench.server and bench.classroom
-start it; you do not need to). It serves `create_demo(lm)` with the app's LAUNCH_OPTIONS and
-default limits, exactly as `python app.py` does, on a model the benchmarks name:
+start it; you do not need to). It serves `create_demo(lm)` with the app's LAUNCH_OPTIONS, default
+limits and malloc arena limit, exactly as `python app.py` does, on a model the benchmarks name:
 
     python -m bench.serve_for_bench --model gpt2-small-shape --port 7861
     python -m bench.serve_for_bench --model tinystories --port 7861
@@ -58,7 +58,10 @@ def main() -> None:
     parser.add_argument("--status-file", type=Path, default=None, help="where SIGUSR1 writes the trimmed RSS")
     args = parser.parse_args()
 
+    from tokstep.allocator import limit_malloc_arenas
     from tokstep.ui import LAUNCH_OPTIONS, create_demo
+
+    limit_malloc_arenas()  # as app.py does
 
     quiet_transformers()
     if args.torch_threads:
