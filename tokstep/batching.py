@@ -300,8 +300,9 @@ class ForwardBatcher:
         placed = sorted(requests, key=lambda request: rows[request.sequence][0])
         batch_size, length = len(rows), self._last_length
         caches: list[DynamicCache] = [request.cache for request in placed]  # type: ignore[misc]
-        tensors: list[torch.Tensor] = []
+        layers: list[tuple[torch.Tensor, ...]] = []
         for index in range(len(caches[0].layers)):
+            whole: list[torch.Tensor] = []  # this layer's keys, then values, of the whole batch
             for name in ("keys", "values"):
                 first = getattr(caches[0].layers[index], name)
                 _, heads, _, head_dim = first.shape
@@ -320,22 +321,17 @@ class ForwardBatcher:
                         or request.cached != length - start
                     ):
                         return None
-                tensors.append(first.as_strided((batch_size, heads, length, head_dim), stride, 0))
-        batch = DynamicCache(ddp_cache_data=[(keys[:, :, :0], values[:, :, :0]) for keys, values in _pairs(tensors)])
-        for layer, (keys, values) in zip(batch.layers, _pairs(tensors), strict=True):
-            layer.keys, layer.values = keys, values
-        return placed, batch
+                whole.append(first.as_strided((batch_size, heads, length, head_dim), stride, 0))
+            layers.append(tuple(whole))
+        return placed, _cache_of(layers)
 
     def _padded_cache(self, requests: list[_Request]) -> DynamicCache:
         """The requests' caches in one, left-padded to the longest: (B, heads, longest, head_dim) per layer."""
         lengths = [request.cached for request in requests]
         longest, batch_size = max(lengths), len(requests)
         caches: list[DynamicCache] = [request.cache for request in requests]  # type: ignore[misc]
-        padded = DynamicCache(
-            ddp_cache_data=[(layer.keys[:, :, :0], layer.values[:, :, :0]) for layer in caches[0].layers]
-        )
-        for index, layer in enumerate(padded.layers):
-            first = caches[0].layers[index]
+        layers: list[tuple[torch.Tensor, ...]] = []
+        for index, first in enumerate(caches[0].layers):
             keys = first.keys.new_empty((batch_size, first.keys.shape[1], longest, first.keys.shape[3]))
             values = first.values.new_empty((batch_size, first.values.shape[1], longest, first.values.shape[3]))
             for row, (cache, length) in enumerate(zip(caches, lengths, strict=True)):
@@ -346,8 +342,8 @@ class ForwardBatcher:
                 values[row, :, :pad] = 0
                 keys[row, :, pad:] = cache.layers[index].keys[0]
                 values[row, :, pad:] = cache.layers[index].values[0]
-            layer.keys, layer.values = keys, values
-        return padded
+            layers.append((keys, values))
+        return _cache_of(layers)
 
     def _pass_and_split(
         self,
@@ -383,20 +379,28 @@ class ForwardBatcher:
         }
         self._last_length = batched_layers[0].keys.shape[2]
         for row, (request, start, own) in enumerate(zip(requests, starts, owns, strict=True)):
+            # (1, heads, positions, head_dim) per layer: this row's keys and values, padding dropped.
+            rows = [
+                (batched.keys[row : row + 1, :, start:], batched.values[row : row + 1, :, start:])
+                for batched in batched_layers
+            ]
             if own is None:
-                # Layers set up (initialised) empty, then pointed at the rows below.
-                own = DynamicCache(
-                    ddp_cache_data=[(layer.keys[:1, :, :0], layer.values[:1, :, :0]) for layer in batched_layers]
-                )
-            for layer, batched in zip(own.layers, batched_layers, strict=True):
-                layer.keys = batched.keys[row : row + 1, :, start:]  # (1, heads, positions, head_dim)
-                layer.values = batched.values[row : row + 1, :, start:]
+                own = _cache_of(rows)
+            else:
+                for layer, (keys, values) in zip(own.layers, rows, strict=True):
+                    layer.keys, layer.values = keys, values
             request.result = ForwardResult(own, summaries[row], forward_ms)
 
 
-def _pairs(tensors: list[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """[k0, v0, k1, v1, ...] as [(k0, v0), (k1, v1), ...]."""
-    return list(zip(tensors[::2], tensors[1::2], strict=True))
+def _cache_of(layers: Sequence[tuple[torch.Tensor, ...]]) -> DynamicCache:
+    """A DynamicCache whose layers hold exactly these (keys, values) tensors, not copies of them.
+
+    Made from empty slices of them (which sets each layer up: dtype, device, initialised),
+    then pointed at the tensors themselves."""
+    cache = DynamicCache(ddp_cache_data=[(keys[:, :, :0], values[:, :, :0]) for keys, values in layers])
+    for layer, (keys, values) in zip(cache.layers, layers, strict=True):
+        layer.keys, layer.values = keys, values
+    return cache
 
 
 def _elapsed_ms(started: float, logits: torch.Tensor) -> float:
