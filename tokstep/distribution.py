@@ -58,6 +58,10 @@ class NextTokenSummary:
     top_ids: list[int]  # the min(SUMMARY_TOP_K, vocab) most likely tokens, highest first
     top_probs: list[float]  # their probabilities
 
+    def prob(self, token_id: int) -> float:
+        """`token_id`'s probability (read from the top tokens when it is the most likely one)."""
+        return self.top_probs[0] if token_id == self.top_ids[0] else float(self.probs[token_id])
+
     def rank(self, token_id: int) -> int:
         """`token_id`'s rank under `probs` (see token_rank).
 

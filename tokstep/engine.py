@@ -109,22 +109,17 @@ def rank_bucket(rank: int) -> RankBucket:
     return "beyond"
 
 
-def top_k(lm: LanguageModel, probs: torch.Tensor | NextTokenSummary, k: int) -> tuple[list[TokenProb], float]:
+def top_k(lm: LanguageModel, summary: NextTokenSummary, k: int) -> tuple[list[TokenProb], float]:
     """The k most likely tokens (highest first) and the probability mass outside them.
 
-    From a summary's top tokens when it holds k of them, else from the probs (vocab,)."""
-    if isinstance(probs, NextTokenSummary):
-        if k <= len(probs.top_ids):
-            ids, values = probs.top_ids[:k], probs.top_probs[:k]
-            return _candidates(lm, ids, values), max(0.0, 1.0 - math.fsum(values))
-        probs = probs.probs
-    top_values, top_indices = torch.topk(probs, k)  # (k,), (k,)
-    values = top_values.tolist()
-    return _candidates(lm, top_indices.tolist(), values), max(0.0, 1.0 - math.fsum(values))
-
-
-def _candidates(lm: LanguageModel, ids: list[int], probs: list[float]) -> list[TokenProb]:
-    return [TokenProb(token_id, lm.texts.text(token_id), prob) for token_id, prob in zip(ids, probs, strict=True)]
+    From the summary's top tokens when it holds k of them, else from its full softmax."""
+    if k <= len(summary.top_ids):
+        ids, values = summary.top_ids[:k], summary.top_probs[:k]
+    else:
+        top_values, top_indices = torch.topk(summary.probs, k)  # (k,), (k,)
+        ids, values = top_indices.tolist(), top_values.tolist()
+    top = [TokenProb(token_id, lm.texts.text(token_id), prob) for token_id, prob in zip(ids, values, strict=True)]
+    return top, max(0.0, 1.0 - math.fsum(values))
 
 
 def check_token_id(token_id: int, vocab_size: int) -> int:
@@ -289,12 +284,11 @@ class TokenStepper:
                 raise PromptError(context_full_message(self.lm))
             summary = self._forward_pending()
             started = time.perf_counter()
-            probs = summary.probs  # (vocab,)
             position = len(self.ids)
             drawn = sampling_probs(summary.logits, sampling) if sampling is not None else None  # (vocab,) or None
             chosen_by: ChosenBy
             if token_id is not None:
-                token_id = check_token_id(token_id, probs.shape[0])
+                token_id = check_token_id(token_id, summary.probs.shape[0])
                 chosen_by = "user"
             elif drawn is not None:
                 token_id = sample_token(drawn, sampling, position)
@@ -312,7 +306,7 @@ class TokenStepper:
             step = Step(
                 token_id=token_id,
                 token=self.lm.texts.text(token_id),
-                prob=summary.top_probs[0] if token_id == summary.top_ids[0] else float(probs[token_id]),
+                prob=summary.prob(token_id),
                 top=top,
                 rest_prob=rest,
                 position=position,
