@@ -230,7 +230,8 @@ class BenchServer:
 
     def status(self, timeout: float = 30.0) -> dict[str, float]:
         """The server's RSS after malloc_trim in the server itself (`rss_mib`), and its model's
-        batcher counters: `passes`, `served` (requests those passes answered), `largest_batch`.
+        batcher counters: `passes`, `served` (requests those passes answered), `largest_batch`,
+        `pass_seconds` (wall time in those passes).
 
         glibc keeps freed pages in its arenas, so a plain RSS wanders by tens of MiB whatever the
         program holds; the server trims on SIGUSR1, then writes this to a file."""
