@@ -42,6 +42,7 @@ from bench.common import (
     synchronize,
 )
 from tokstep.loading import LanguageModel
+from tokstep.packed_linear import PackedLinear
 
 PROMPT_TOKENS = 8
 KV_CONTEXTS = (8, 128, 512, 1024)
@@ -74,9 +75,11 @@ def weight_bytes_per_token(lm: LanguageModel) -> int:
     model = lm.model
     unique = {id(p): p for p in model.parameters()}
     total = sum(p.numel() * p.element_size() for p in unique.values())
-    output = model.get_output_embeddings().weight
+    output = model.get_output_embeddings()
     for module in model.modules():
-        if isinstance(module, torch.nn.Embedding) and module.weight is not output:
+        if isinstance(module, PackedLinear):  # its weight is no parameter: a packed copy
+            total += module.weight_nbytes
+        if isinstance(module, torch.nn.Embedding) and module.weight is not getattr(output, "weight", None):
             total -= module.weight.numel() * module.weight.element_size()
     return total
 

@@ -44,8 +44,9 @@ os.environ.update(QUIET_ENV)
 # --- models -----------------------------------------------------------------------------
 
 
-def gpt2_small_shape(tokenizer: PreTrainedTokenizerBase) -> LanguageModel:
-    """GPT-2 small's shape (124M parameters, 12 layers, 768 wide, 50,257 tokens), random weights."""
+def gpt2_small_shape(tokenizer: PreTrainedTokenizerBase, pack_weights: bool = True) -> LanguageModel:
+    """GPT-2 small's shape (124M parameters, 12 layers, 768 wide, 50,257 tokens), random weights,
+    its large linear layers packed for the CPU as tokstep.load packs them (unless told not to)."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -53,27 +54,31 @@ def gpt2_small_shape(tokenizer: PreTrainedTokenizerBase) -> LanguageModel:
 
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id, eos_token_id=None)
-    return tokstep.from_objects("gpt2-small shape (random weights)", GPT2LMHeadModel(config), tokenizer)
+    model = GPT2LMHeadModel(config)
+    return tokstep.from_objects("gpt2-small shape (random weights)", model, tokenizer, pack_weights=pack_weights)
 
 
-def build_model(name: str, device: str | None = None) -> LanguageModel:
+def build_model(name: str, device: str | None = None, pack_weights: bool = True) -> LanguageModel:
     """`gpt2-small-shape` (random weights, GPT-2's real tokenizer) or any name tokstep.load takes.
 
     `device` ("cpu", "cuda", ...) moves the GPT-2-small-shape model there, in bf16/fp16 on a GPU
     as tokstep.load does; a loaded model goes where tokstep.load puts it (a GPU when there is one)
-    unless a device is given."""
+    unless a device is given. `pack_weights=False` keeps plain linear layers on a CPU (see
+    tokstep.packed_linear)."""
     import tokstep
 
     if name == GPT2_SMALL_SHAPE:
         from tokstep.testing import gpt2_tokenizer
 
-        lm = gpt2_small_shape(gpt2_tokenizer())
-        if device and device != "cpu":
+        on_gpu = bool(device) and device != "cpu"
+        lm = gpt2_small_shape(gpt2_tokenizer(), pack_weights=pack_weights and not on_gpu)
+        if on_gpu:
             lm.model.to(device=device, dtype=half_dtype(device))
         return lm
     if device:
-        return tokstep.load(name, device_map=device, dtype=None if device == "cpu" else half_dtype(device))
-    return tokstep.load(name)
+        dtype = None if device == "cpu" else half_dtype(device)
+        return tokstep.load(name, device_map=device, dtype=dtype, pack_weights=pack_weights)
+    return tokstep.load(name, pack_weights=pack_weights)
 
 
 def half_dtype(device: str) -> torch.dtype:

@@ -16,8 +16,9 @@ from conftest import ROOT
 
 import tokstep
 
-# The scripts that drive tokstep itself. bench.threads and bench.bandwidth time plain torch
-# (no tokstep code past loading a model); they are left out to keep the suite short.
+# The scripts that drive tokstep itself. bench.threads, bench.bandwidth and bench.packing time
+# plain torch (no tokstep code past loading a model; tests/test_packed_linear.py checks what
+# packing computes); they are left out to keep the suite short.
 SCRIPTS = ("engine", "server", "classroom", "startup")
 TIMEOUT_S = 600  # a generous bound for a busy machine: a hang fails the test, slowness does not
 

@@ -29,6 +29,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from tokstep.batching import ForwardBatcher
 from tokstep.kv_budget import WarmSet
+from tokstep.packed_linear import pack_linear_layers
 from tokstep.tokens import TokenTexts
 
 BUNDLED_MODELS_DIR = Path(__file__).resolve().parent / "models"
@@ -83,7 +84,7 @@ class LanguageModel:
     @cached_property
     def vocab_size(self) -> int:
         """Width of the model's output: the softmax runs over all of it (read once: every step checks against it)."""
-        return self.model.get_output_embeddings().weight.shape[0]
+        return self.model.get_output_embeddings().out_features
 
 
 def bundled_models() -> list[str]:
@@ -164,11 +165,13 @@ def load(
     device_map: str | None = "auto",
     dtype: torch.dtype | None = None,
     hub_timeout: float = HUB_TIMEOUT_S,
+    pack_weights: bool = True,
 ) -> LanguageModel:
     """Load a causal LM and its tokenizer by bundled name, local directory or Hub id.
 
     `device_map="auto"` lets accelerate put the model on a GPU when there is one.
-    The dtype defaults to fp32 on CPU and a half type on CUDA.
+    The dtype defaults to fp32 on CPU and a half type on CUDA. On a CPU in fp32, the large linear
+    layers' weights are packed for oneDNN once (`tokstep.packed_linear`), unless `pack_weights=False`.
 
     >>> lm = load("tinystories")
     >>> lm.model.training
@@ -208,12 +211,20 @@ def load(
             f"Model '{name}' could not be loaded from {source}: {str(error).rstrip('.')}. Check that it is a causal "
             "language model in Hugging Face format (config.json, weights and tokenizer files)."
         ) from error
-    return from_objects(name, model, tokenizer)
+    return from_objects(name, model, tokenizer, pack_weights=pack_weights)
 
 
-def from_objects(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> LanguageModel:
-    """Wrap a model and tokenizer already in memory (a notebook's, or a test's)."""
+def from_objects(
+    name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, pack_weights: bool = False
+) -> LanguageModel:
+    """Wrap a model and tokenizer already in memory (a notebook's, or a test's).
+
+    `pack_weights=True` replaces the model's large fp32 CPU linear layers in place (see
+    `tokstep.packed_linear`); off by default, since the model is the caller's.
+    """
     model.eval()
+    if pack_weights:
+        pack_linear_layers(model)
     return LanguageModel(
         name=name,
         model=model,
