@@ -189,7 +189,7 @@ def test_prompts_past_the_token_budget_are_read_in_several_passes(tiny_lm, monke
     # Room for two of the longest prompts per pass, no more.
     monkeypatch.setattr(tokstep.batching, "MAX_PREFILL_TOKENS", 2 * max(lengths))
     expected_passes = len(
-        tokstep.batching._chunks([tokstep.batching._Request([0] * n, None, 0) for n in lengths], 2 * max(lengths))
+        tokstep.batching._chunks([tokstep.batching.ForwardRequest([0] * n, None, 0) for n in lengths], 2 * max(lengths))
     )
     assert 1 < expected_passes < len(sessions)
     passes_before = tiny_lm.batcher.passes

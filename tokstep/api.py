@@ -118,9 +118,15 @@ def generate_updates(
         stepper = new_stepper(lm, prompt)
     except PromptError as error:
         raise gr.Error(str(error)) from None
-    for count in range(1, max_new_tokens + 1):
-        step = stepper.step(API_TOP_K, sampling=sampling)
-        stop_reason = step.stop_reason or ("max_new_tokens" if count == max_new_tokens else None)
-        yield step_update(stepper, step, stop_reason)
-        if stop_reason is not None:
-            return
+    try:
+        for count in range(1, max_new_tokens + 1):
+            step = stepper.step(API_TOP_K, sampling=sampling)
+            stop_reason = step.stop_reason or ("max_new_tokens" if count == max_new_tokens else None)
+            if stop_reason is None:
+                # The next token's pass joins the next batch while Gradio sends this one.
+                stepper.prefetch()
+            yield step_update(stepper, step, stop_reason)
+            if stop_reason is not None:
+                return
+    finally:
+        stepper.drop_prefetch()  # the client went away: nobody will read it

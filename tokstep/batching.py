@@ -68,7 +68,9 @@ class ForwardResult:
 
 
 @dataclass(eq=False)
-class _Request:
+class ForwardRequest:
+    """One sequence's place in the queue: `ForwardBatcher.submit` makes it, `wait` answers it."""
+
     ids: list[int]  # tokens not yet in the cache, in order
     cache: Cache | None  # holds `cached` positions, or None
     cached: int
@@ -92,9 +94,9 @@ def is_batchable(cache: Cache | None, n_new: int, check_initialized: bool = True
     )
 
 
-def _chunks(requests: list[_Request], max_tokens: int) -> list[list[_Request]]:
+def _chunks(requests: list[ForwardRequest], max_tokens: int) -> list[list[ForwardRequest]]:
     """`requests` in order, cut into groups whose padded size (rows x longest) stays within max_tokens."""
-    groups: list[list[_Request]] = []
+    groups: list[list[ForwardRequest]] = []
     for request in requests:
         group = groups[-1] if groups else None
         if group is not None and (len(group) + 1) * max(len(request.ids), *(len(r.ids) for r in group)) <= max_tokens:
@@ -117,8 +119,10 @@ class ForwardBatcher:
         # Also taken by other code that runs the model (e.g. scoring a prompt).
         self.forward_lock = forward_lock
         self._condition = threading.Condition()
-        self._queue: list[_Request] = []
-        self._running = False
+        self._queue: list[ForwardRequest] = []
+        self._running = False  # a thread is leading a pass
+        self._waiters = 0  # threads in `wait`: one of them leads the next pass
+        self._runner: threading.Thread | None = None  # started by the first `submit`
         # Prompts can share a pass when the model's own cache is plain DynamicLayers, which
         # padding can line up (not sliding windows, not recurrent state).
         self._pads_prefills = is_batchable(DynamicCache(config=model.config), 1, check_initialized=False)
@@ -138,34 +142,91 @@ class ForwardBatcher:
 
         `sequence` names who asks (the same for each step of one sequence), so that the next
         pass can wait a moment for sequences that stepped in the last ones (see _gather)."""
-        request = _Request([int(i) for i in ids], cache, cached, sequence if sequence is not None else object())
-        condition = self._condition
-        with condition:
+        request = self._request(ids, cache, cached, sequence)
+        with self._condition:  # queued and waited for in one hold: the runner leaves it to this thread
             self._queue.append(request)
-            condition.notify_all()  # a leader gathering a batch may be waiting for this one
+            self._condition.notify_all()  # a leader gathering a batch may be waiting for this one
+            return self._await(request)
+
+    def submit(self, ids: Sequence[int], cache: Cache | None, cached: int, sequence: Hashable = None) -> ForwardRequest:
+        """Queue a pass for `ids` (as `forward`) and return at once; `wait` gives its result.
+
+        The next pass takes it, whoever leads that pass; when no thread is waiting to lead one,
+        the batcher's runner thread does, so the pass runs while the caller does other work.
+        `cache` is extended in place by that pass: its owner must not touch it until `wait`."""
+        request = self._request(ids, cache, cached, sequence)
+        with self._condition:
+            self._queue.append(request)
+            if self._runner is None:
+                self._runner = threading.Thread(target=self._run_forever, name="tokstep-forward-runner", daemon=True)
+                self._runner.start()
+            self._condition.notify_all()  # a gathering leader, or the runner
+        return request
+
+    def wait(self, request: ForwardRequest) -> ForwardResult:
+        """The submitted request's result, once a pass has run it; this thread leads the pass when
+        none is running. Raises what the pass raised."""
+        with self._condition:
+            return self._await(request)
+
+    def _await(self, request: ForwardRequest) -> ForwardResult:
+        """`wait`, with the condition held once (`_lead` releases it during the pass)."""
+        self._waiters += 1
+        try:
             while not request.done:
                 if self._running:
-                    condition.wait()
-                    continue
-                self._running = True  # this thread leads the next pass
-                condition.release()
-                try:
-                    # The batch is taken once the model is free, so requests that arrive while
-                    # anything else runs on it (another pass, a prompt being scored) join it.
-                    with self.forward_lock, torch.inference_mode():
-                        with condition:
-                            self._gather()
-                            batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-                        self._run(batch)
-                        self._remember(batch)
-                finally:
-                    condition.acquire()
-                    self._running = False
-                    condition.notify_all()
+                    self._condition.wait()
+                else:
+                    self._lead()
+        finally:
+            self._waiters -= 1
+            if self._queue and not self._running:
+                self._condition.notify_all()  # requests nobody waits for: the runner takes them
         if request.error is not None:
             raise request.error
         assert request.result is not None
         return request.result
+
+    def _run_forever(self) -> None:
+        """The runner thread: leads a pass whenever requests are queued and no waiting thread will."""
+        with self._condition:
+            while True:
+                if self._queue and not self._running and self._waiters == 0:
+                    self._lead()
+                else:
+                    self._condition.wait()
+
+    def _lead(self) -> None:
+        """Run the next pass from this thread (called with the condition held; released meanwhile)."""
+        condition = self._condition
+        self._running = True
+        condition.release()
+        try:
+            # The batch is taken once the model is free, so requests that arrive while anything
+            # else runs on it (another pass, a prompt being scored) join it.
+            with self.forward_lock, torch.inference_mode():
+                with condition:
+                    self._gather()
+                    batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+                self._run(batch)
+                self._remember(batch)
+        finally:
+            condition.acquire()
+            self._running = False
+            condition.notify_all()
+
+    @staticmethod
+    def _request(ids: Sequence[int], cache: Cache | None, cached: int, sequence: Hashable) -> ForwardRequest:
+        return ForwardRequest([int(i) for i in ids], cache, cached, sequence if sequence is not None else object())
+
+    def cancel(self, request: ForwardRequest) -> bool:
+        """Take a submitted request back out of the queue; False when a pass has taken it already
+        (it then runs to its end, and its result is simply not read)."""
+        with self._condition:
+            if request in self._queue:
+                self._queue.remove(request)
+                return True
+            return False
 
     def _gather(self) -> None:
         """Wait briefly (the condition held) for sequences that stepped in the last passes.
@@ -185,7 +246,7 @@ class ForwardBatcher:
                 return
             self._condition.wait(remaining)
 
-    def _remember(self, batch: list[_Request]) -> None:
+    def _remember(self, batch: list[ForwardRequest]) -> None:
         """Note who was served and how long passes take, for the next _gather."""
         now = time.monotonic()
         results = [request.result for request in batch if request.result is not None]
@@ -206,7 +267,7 @@ class ForwardBatcher:
         with self._condition:
             return len(self._queue)
 
-    def _run(self, batch: list[_Request]) -> None:
+    def _run(self, batch: list[ForwardRequest]) -> None:
         """Run `batch`: decodes that can share a pass together, the rest one by one."""
         decodes = [request for request in batch if is_batchable(request.cache, len(request.ids))]
         prefills = [request for request in batch if request.cache is None and self._pads_prefills]
@@ -219,7 +280,7 @@ class ForwardBatcher:
         for group in groups:
             self._settle(group, self._forward_decodes if group[0].cache is not None else self._forward_prefills, group)
 
-    def _settle(self, requests: list[_Request], run: Callable[[Any], None], argument: Any) -> None:
+    def _settle(self, requests: list[ForwardRequest], run: Callable[[Any], None], argument: Any) -> None:
         """Run one pass; on failure every request in it gets the error (its thread raises it)."""
         started = time.perf_counter()
         try:
@@ -235,7 +296,7 @@ class ForwardBatcher:
             for request in requests:
                 request.done = True
 
-    def _forward_one(self, request: _Request) -> None:
+    def _forward_one(self, request: ForwardRequest) -> None:
         """One sequence: a prompt, a re-read, or a step whose cache cannot be padded."""
         pending = torch.tensor([request.ids], device=self.model.device)  # (1, T_new)
         started = time.perf_counter()
@@ -244,7 +305,7 @@ class ForwardBatcher:
         (summary,) = summarize(output.logits[:, -1])  # from (1, vocab)
         request.result = ForwardResult(output.cache, summary, _elapsed_ms(started, summary.logits))
 
-    def _forward_prefills(self, requests: list[_Request]) -> None:
+    def _forward_prefills(self, requests: list[ForwardRequest]) -> None:
         """Many prompts read in one pass: left-padded to the longest, padding masked out."""
         lengths = [len(request.ids) for request in requests]
         longest, batch_size = max(lengths), len(requests)
@@ -261,7 +322,7 @@ class ForwardBatcher:
         starts = [longest - length for length in lengths]
         self._pass_and_split(requests, starts, [None] * batch_size, input_ids, attention_mask, position_ids)
 
-    def _forward_decodes(self, requests: list[_Request]) -> None:
+    def _forward_decodes(self, requests: list[ForwardRequest]) -> None:
         """Many sequences' next token in one pass, each at its own position."""
         previous = self._previous_batch(requests)
         if previous is not None:
@@ -284,7 +345,7 @@ class ForwardBatcher:
         owns = [request.cache for request in requests]
         self._pass_and_split(requests, starts, owns, input_ids, attention_mask, position_ids, padded)
 
-    def _previous_batch(self, requests: list[_Request]) -> tuple[list[_Request], DynamicCache] | None:
+    def _previous_batch(self, requests: list[ForwardRequest]) -> tuple[list[ForwardRequest], DynamicCache] | None:
         """The last batched pass's cache and `requests` in its row order, when `requests` are
         exactly that pass's sequences and each one's cache is still the view of its row.
 
@@ -325,7 +386,7 @@ class ForwardBatcher:
             layers.append(tuple(whole))
         return placed, _cache_of(layers)
 
-    def _padded_cache(self, requests: list[_Request]) -> DynamicCache:
+    def _padded_cache(self, requests: list[ForwardRequest]) -> DynamicCache:
         """The requests' caches in one, left-padded to the longest: (B, heads, longest, head_dim) per layer."""
         lengths = [request.cached for request in requests]
         longest, batch_size = max(lengths), len(requests)
@@ -347,7 +408,7 @@ class ForwardBatcher:
 
     def _pass_and_split(
         self,
-        requests: list[_Request],
+        requests: list[ForwardRequest],
         starts: list[int],
         owns: list[Cache | None],
         input_ids: torch.Tensor,

@@ -25,6 +25,7 @@ from typing import Literal, NamedTuple
 
 import torch
 
+from tokstep.batching import ForwardRequest, ForwardResult
 from tokstep.distribution import NextTokenSummary, logits_to_probs
 from tokstep.loading import LanguageModel
 from tokstep.sampling import SamplingSettings, sample_token, sampling_probs
@@ -171,6 +172,8 @@ class TokenStepper:
         # The next token's distribution after ids[:_cached] (logits, full softmax, top tokens).
         self._next: NextTokenSummary | None = None
         self._next_forward_ms = 0.0  # wall time of the pass that gave _next
+        # The pass for ids[_cached:], submitted ahead by `prefetch` and not yet read, or None.
+        self._prefetched: ForwardRequest | None = None
         self._lock = threading.Lock()  # one step at a time per sequence
         self._prompt_scores: list[TokenScore] | None = None
 
@@ -212,15 +215,49 @@ class TokenStepper:
         moment, their tokens and this one share one batched forward pass."""
         if self._next is not None and self._cached == len(self.ids):
             return self._next
-        # Prefill reads the whole prompt; later passes read one token.
-        result = self.lm.batcher.forward(self.ids[self._cached :], self._cache, self._cached, sequence=id(self))
+        request, self._prefetched = self._prefetched, None
+        if request is None:
+            # Prefill reads the whole prompt; later passes read one token.
+            request = self.lm.batcher.submit(self.ids[self._cached :], self._cache, self._cached, sequence=id(self))
+        self._take(self.lm.batcher.wait(request))
+        return self._next
+
+    def _take(self, result: ForwardResult) -> None:
+        """Keep the pass's result for ids[_cached:]: the cache now holds every id."""
         # Waiting for another pass is not this token's cost: only its own pass is timed.
         self._next_forward_ms = result.forward_ms
         self._cache = result.cache
         self._cached = len(self.ids)
         self._next = result.summary
         self.lm.warm_sequences.touch(self)
-        return self._next
+
+    def prefetch(self) -> None:
+        """Submit the pass that the next step needs (the newest token's) and return at once.
+
+        A run calls this before it hands a token out: while the caller shows that token, the
+        pass joins the next batch, so a class's next pass need not wait for every session's
+        page update. Nothing is guessed: it is the pass the next step would run anyway, and
+        the next step waits for it. Does nothing when no pass is pending."""
+        with self._lock:
+            if self._prefetched is None and not (self._next is not None and self._cached == len(self.ids)):
+                self._prefetched = self.lm.batcher.submit(
+                    self.ids[self._cached :], self._cache, self._cached, sequence=id(self)
+                )
+
+    def drop_prefetch(self) -> None:
+        """Withdraw a prefetched pass that no step will read (the run was stopped). A pass already
+        running it ends normally; the cache it extends is then dropped (read again if needed)."""
+        with self._lock:
+            self._drop_prefetch()
+
+    def _drop_prefetch(self) -> None:
+        request, self._prefetched = self._prefetched, None
+        if request is None or self.lm.batcher.cancel(request):
+            return
+        if request.done and request.result is not None:
+            self._take(request.result)  # it ran already: as good as any later pass
+        else:
+            self._cache, self._cached, self._next = None, 0, None  # a pass is writing into it now
 
     def release(self, blocking: bool = True) -> bool:
         """Give back the KV cache and next-token logits; ids and steps stay.
@@ -231,6 +268,7 @@ class TokenStepper:
         if not self._lock.acquire(blocking=blocking):
             return False
         try:
+            self._drop_prefetch()
             self._cache, self._cached, self._next = None, 0, None
             self.lm.warm_sequences.discard(self)
         finally:
@@ -334,6 +372,7 @@ class TokenStepper:
         with self._lock:
             if not self.can_undo:
                 raise UndoError("Nothing to undo: only the prompt is left. Step to generate a token first.")
+            self._drop_prefetch()  # the cache is cropped below: no pass may be writing into it
             self.ids.pop()
             step = self.steps.pop()
             # Keep the keys/values of ids[:-1]: feeding ids[-1] again gives the distribution
@@ -405,14 +444,19 @@ def generate_steps(
 
 
 def _run(stepper: TokenStepper, max_new_tokens: int, top_k: int, sampling: SamplingSettings | None) -> Iterator[Step]:
-    for count in range(1, max_new_tokens + 1):
-        step = stepper.step(top_k, sampling=sampling)
-        if step.stop_reason is None and count == max_new_tokens:
-            step = replace(step, stop_reason="max_new_tokens")
-            stepper.steps[-1] = step  # the stepper's record says why the run ended, too
-        yield step
-        if step.stop_reason is not None:
-            return
+    try:
+        for count in range(1, max_new_tokens + 1):
+            step = stepper.step(top_k, sampling=sampling)
+            if step.stop_reason is None and count == max_new_tokens:
+                step = replace(step, stop_reason="max_new_tokens")
+                stepper.steps[-1] = step  # the stepper's record says why the run ended, too
+            if step.stop_reason is None:
+                stepper.prefetch()  # the next token's pass runs while this one is handed out
+            yield step
+            if step.stop_reason is not None:
+                return
+    finally:
+        stepper.drop_prefetch()  # the caller stopped early: nobody will read it
 
 
 def score_prompt(lm: LanguageModel, ids: Sequence[int]) -> list[TokenScore]:

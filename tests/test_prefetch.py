@@ -1,0 +1,149 @@
+"""A run submits its next pass before it hands a token out (TokenStepper.prefetch): that pass runs
+while the caller holds the token (the batcher's runner thread leads it when no caller does), or
+joins whatever batch runs next; the next step reads it, and a run that stops takes it back."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import torch
+from test_batching import PROMPTS, assert_same_step
+
+import tokstep
+from tokstep.engine import Step, TokenStepper
+
+
+def wait_until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.001)
+
+
+def in_thread(work, timeout: float = 10.0) -> None:
+    """Run `work` in a thread and fail, rather than hang, when it does not end in time."""
+    errors: list[BaseException] = []
+    thread = threading.Thread(target=lambda: _collect(work, errors))
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), "still waiting: it needed a pass that could not run"
+    if errors:
+        raise errors[0]
+
+
+def _collect(work, errors: list[BaseException]) -> None:
+    try:
+        work()
+    except BaseException as error:  # noqa: BLE001 (re-raised in the test's thread)
+        errors.append(error)
+
+
+def test_a_runs_next_pass_runs_while_the_caller_holds_the_token(tiny_lm):
+    batcher = tiny_lm.batcher
+    passes = batcher.passes
+    run = tokstep.generate_steps(tiny_lm, PROMPTS[0], max_new_tokens=5)
+    next(run)  # the prompt's pass, led by this thread
+    # Nobody asks for the second token, yet its pass runs (the batcher's runner leads it).
+    wait_until(lambda: batcher.passes == passes + 2)
+    with tiny_lm.forward_lock:  # no pass can run now
+        in_thread(lambda: next(run))  # so this one needed none: its pass had run already
+        assert batcher.waiting == 1  # the third token's pass, queued before the second was handed out
+        run.close()  # stopped early: that pass is withdrawn, not left queued
+        assert batcher.waiting == 0
+    assert batcher.passes == passes + 2
+
+
+def test_the_last_step_of_a_run_queues_nothing(tiny_lm):
+    passes = tiny_lm.batcher.passes
+    steps = list(tokstep.generate_steps(tiny_lm, PROMPTS[1], max_new_tokens=3))
+    assert steps[-1].stop_reason == "max_new_tokens"
+    time.sleep(0.05)
+    assert tiny_lm.batcher.waiting == 0
+    assert tiny_lm.batcher.passes == passes + 3
+
+
+def test_a_prefetched_pass_and_another_sessions_step_share_one_pass(tiny_lm):
+    alone_a, alone_b = (TokenStepper.from_text(tiny_lm, p) for p in PROMPTS[:2])
+    expected_a = [alone_a.step(5) for _ in range(2)]
+    expected_b = [alone_b.step(5) for _ in range(2)]
+
+    a, b = (TokenStepper.from_text(tiny_lm, p) for p in PROMPTS[:2])
+    first_a, first_b = a.step(5), b.step(5)
+    batcher = tiny_lm.batcher
+    passes, served = batcher.passes, batcher.served
+    second: dict[str, Step] = {}
+    with tiny_lm.forward_lock:  # the model is busy: what is asked for now waits for the next pass
+        a.prefetch()
+        a.prefetch()  # a second call while one is pending queues nothing more
+        thread = threading.Thread(target=lambda: second.__setitem__("b", b.step(5)))
+        thread.start()
+        wait_until(lambda: batcher.waiting == 2)
+    thread.join(10)
+    assert (batcher.passes - passes, batcher.served - served) == (1, 2)
+    second["a"] = a.step(5)
+    assert batcher.passes - passes == 1  # A's result was there already
+    for got, want in zip([first_a, second["a"], first_b, second["b"]], expected_a + expected_b, strict=True):
+        assert_same_step(got, want)
+
+
+def test_undo_and_release_take_a_queued_pass_back(tiny_lm):
+    reference = TokenStepper.from_text(tiny_lm, PROMPTS[2])
+    reference.step(5), reference.step(5)
+    reference.undo()
+    expected = reference.step(5)
+
+    stepper = TokenStepper.from_text(tiny_lm, PROMPTS[2])
+    stepper.step(5), stepper.step(5)
+    passes = tiny_lm.batcher.passes
+    with tiny_lm.forward_lock:
+        stepper.prefetch()
+        stepper.undo()
+        assert tiny_lm.batcher.waiting == 0
+        stepper.prefetch()
+        assert stepper.release()
+        assert tiny_lm.batcher.waiting == 0 and not stepper.holds_cache
+    time.sleep(0.05)
+    assert tiny_lm.batcher.passes == passes  # neither withdrawn pass ran
+    assert_same_step(stepper.step(5), expected)  # reads everything again, then steps
+
+
+def test_a_run_stopped_while_its_pass_runs_leaves_a_consistent_stepper(tiny_lm):
+    """Dropping a prefetched pass that a pass is running now cannot take it back: the stepper lets
+    go of the cache that pass writes into, and its next step reads the sequence again."""
+    reference = TokenStepper.from_text(tiny_lm, PROMPTS[3])
+    expected = [reference.step(5) for _ in range(3)]
+
+    stepper = TokenStepper.from_text(tiny_lm, PROMPTS[3])
+    got = [stepper.step(5), stepper.step(5)]
+    inside, resume = threading.Event(), threading.Event()
+
+    def hold(module, args, kwargs):  # pauses the next pass inside the model
+        inside.set()
+        assert resume.wait(10)
+
+    hook = tiny_lm.model.register_forward_pre_hook(hold, with_kwargs=True)
+    try:
+        stepper.prefetch()
+        assert inside.wait(10)  # the runner has taken the request and is running it
+        stepper.drop_prefetch()
+        assert not stepper.holds_cache
+    finally:
+        hook.remove()
+        resume.set()
+    got.append(stepper.step(5))
+    for step, want in zip(got, expected, strict=True):
+        assert_same_step(step, want)
+
+
+@pytest.mark.parametrize("tokens", [1, 12])
+def test_prefetching_runs_still_equal_generate(bundled_lm, tokens):
+    prompt = PROMPTS[4]
+    ids = tokstep.tokenize(bundled_lm.tokenizer, prompt)
+    with torch.inference_mode():
+        expected = bundled_lm.model.generate(
+            torch.tensor([ids]), do_sample=False, max_new_tokens=tokens, pad_token_id=bundled_lm.tokenizer.eos_token_id
+        )[0, len(ids) :].tolist()
+    assert [step.token_id for step in tokstep.generate_steps(bundled_lm, prompt, max_new_tokens=tokens)] == expected
+    assert bundled_lm.batcher.waiting == 0
