@@ -212,3 +212,41 @@ def test_prompts_past_the_token_budget_are_read_in_several_passes(tiny_lm, monke
     assert tiny_lm.batcher.passes - passes_before == expected_passes
     for got, want in zip(results, alone, strict=True):
         assert_same_step(got, want)
+
+
+def test_identical_prompts_in_one_batch_are_read_once(tiny_lm):
+    """A class that presses Auto-run on a fresh page sends the same prompt many times: the prefill
+    pass reads each distinct prompt once, and every session still gets exactly its solo steps,
+    through decoding, sampling and undo (their caches share the prompt's keys and values)."""
+    prompts = [PROMPTS[0]] * 3 + [PROMPTS[1]] + [PROMPTS[0]]
+    alone = []
+    for index, prompt in enumerate(prompts):
+        stepper = TokenStepper.from_text(tiny_lm, prompt)
+        sampling = SamplingSettings(temperature=0.8, seed=index) if index % 2 else None
+        steps = [stepper.step(5, sampling=sampling) for _ in range(4)]
+        stepper.undo()
+        alone.append([*steps, stepper.step(5, sampling=sampling)])
+
+    rows_read: list[int] = []
+    hook = tiny_lm.model.register_forward_pre_hook(
+        lambda module, args, kwargs: rows_read.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        sessions = [TokenStepper.from_text(tiny_lm, prompt) for prompt in prompts]
+        settings = [SamplingSettings(temperature=0.8, seed=i) if i % 2 else None for i in range(len(prompts))]
+        batched: list[list[Step]] = [[] for _ in sessions]
+        for round_ in range(4):
+            actions = [lambda s=s, o=o: s.step(5, sampling=o) for s, o in zip(sessions, settings, strict=True)]
+            steps = together(tiny_lm, actions, cold(sessions))
+            if round_ == 0:
+                assert rows_read == [2]  # the prompts' pass: two distinct prompts, five sessions
+            for record, step in zip(batched, steps, strict=True):
+                record.append(step)
+    finally:
+        hook.remove()
+    for stepper, record, options in zip(sessions, batched, settings, strict=True):
+        stepper.undo()
+        record.append(stepper.step(5, sampling=options))
+    for got, want in zip(batched, alone, strict=True):
+        for batched_step, alone_step in zip(got, want, strict=True):
+            assert_same_step(batched_step, alone_step)

@@ -53,6 +53,11 @@ DEFAULT_MAX_BATCH = 32
 # still expected for that long, and a new one (the next /generate call) would wait for it.
 RECENT_PASSES, RECENT_SLACK_S = 2, 0.01
 GATHER_FRACTION, MAX_GATHER_S = 0.5, 0.25
+# A prompt's pass waits until no request has arrived for ARRIVAL_QUIET_S, at most
+# MAX_PROMPT_WAIT_S: a class pressing Auto-run at once reaches the model over a few tens of
+# ms (Gradio starts its events one after another), and the first prompt should not be read
+# alone, then its second token alone, before the other prompts' pass. A lone user waits 3 ms once.
+ARRIVAL_QUIET_S, MAX_PROMPT_WAIT_S = 0.003, 0.03
 # Prompts read together in one pass, counted with their padding: GPT-2 small's activations
 # for 4096 positions are about 0.5 GB at the widest layer, fine on any machine we serve from.
 MAX_PREFILL_TOKENS = 4096
@@ -123,6 +128,7 @@ class ForwardBatcher:
         self._running = False  # a thread is leading a pass
         self._waiters = 0  # threads in `wait`: one of them leads the next pass
         self._runner: threading.Thread | None = None  # started by the first `submit`
+        self._last_arrival = 0.0  # when the newest request was queued (monotonic seconds)
         # Prompts can share a pass when the model's own cache is plain DynamicLayers, which
         # padding can line up (not sliding windows, not recurrent state).
         self._pads_prefills = is_batchable(DynamicCache(config=model.config), 1, check_initialized=False)
@@ -145,6 +151,7 @@ class ForwardBatcher:
         request = self._request(ids, cache, cached, sequence)
         with self._condition:  # queued and waited for in one hold: the runner leaves it to this thread
             self._queue.append(request)
+            self._last_arrival = time.monotonic()
             self._condition.notify_all()  # a leader gathering a batch may be waiting for this one
             return self._await(request)
 
@@ -157,6 +164,7 @@ class ForwardBatcher:
         request = self._request(ids, cache, cached, sequence)
         with self._condition:
             self._queue.append(request)
+            self._last_arrival = time.monotonic()
             if self._runner is None:
                 self._runner = threading.Thread(target=self._run_forever, name="tokstep-forward-runner", daemon=True)
                 self._runner.start()
@@ -235,16 +243,24 @@ class ForwardBatcher:
         runs, the other half queues, so each pass serves half the class and every token
         costs two passes. Sequences that stepped within the last few passes are expected
         back; the leader waits for them at most half a pass (never when all are queued, so a
-        lone user never waits)."""
+        lone user's steps never wait). A queue that holds prompts also waits for a burst of
+        arrivals to end (see ARRIVAL_QUIET_S): a lone user's first token waits 3 ms."""
         now = time.monotonic()
         expected = {sequence for sequence, seen in self._recent.items() if now - seen <= self._recent_window_s}
         deadline = now + min(GATHER_FRACTION * self._last_pass_s, MAX_GATHER_S)
+        prompt_deadline = now + MAX_PROMPT_WAIT_S
         while len(self._queue) < self.max_batch:
+            now = time.monotonic()
             missing = expected - {request.sequence for request in self._queue}
-            remaining = deadline - time.monotonic()
-            if not missing or remaining <= 0:
-                return
-            self._condition.wait(remaining)
+            if missing and now < deadline:
+                self._condition.wait(deadline - now)
+                continue
+            # Prompts in the queue: let a burst of arrivals (a class starting) finish first.
+            quiet_at = self._last_arrival + ARRIVAL_QUIET_S
+            if now < min(quiet_at, prompt_deadline) and any(request.cache is None for request in self._queue):
+                self._condition.wait(min(quiet_at, prompt_deadline) - now)
+                continue
+            return
 
     def _remember(self, batch: list[ForwardRequest]) -> None:
         """Note who was served and how long passes take, for the next _gather."""
@@ -274,11 +290,14 @@ class ForwardBatcher:
         # A group of one is just a single pass, without padding or a mask.
         groups = [group for group in (*_chunks(prefills, MAX_PREFILL_TOKENS), decodes) if len(group) > 1]
         grouped = {id(request) for group in groups for request in group}
-        for request in batch:
-            if id(request) not in grouped:
-                self._settle([request], self._forward_one, request)
-        for group in groups:
-            self._settle(group, self._forward_decodes if group[0].cache is not None else self._forward_prefills, group)
+        passes: list[tuple[list[ForwardRequest], Callable[[Any], None], Any]] = [
+            (group, self._forward_decodes if group[0].cache is not None else self._forward_prefills, group)
+            for group in groups
+        ]
+        passes += [([request], self._forward_one, request) for request in batch if id(request) not in grouped]
+        # Prompts first: a new user's first token should not wait behind the others' next ones.
+        for requests, run, argument in sorted(passes, key=lambda item: item[0][0].cache is not None):
+            self._settle(requests, run, argument)
 
     def _settle(self, requests: list[ForwardRequest], run: Callable[[Any], None], argument: Any) -> None:
         """Run one pass; on failure every request in it gets the error (its thread raises it)."""
@@ -306,21 +325,29 @@ class ForwardBatcher:
         request.result = ForwardResult(output.cache, summary, _elapsed_ms(started, summary.logits))
 
     def _forward_prefills(self, requests: list[ForwardRequest]) -> None:
-        """Many prompts read in one pass: left-padded to the longest, padding masked out."""
-        lengths = [len(request.ids) for request in requests]
-        longest, batch_size = max(lengths), len(requests)
+        """Many prompts read in one pass: left-padded to the longest, padding masked out.
+
+        Identical prompts are read once: a class that opens the page and presses Auto-run sends
+        the default prompt thirty times. Their sequences then share that row's keys and values
+        (views, never written in place: a cache grows by concatenation into new tensors)."""
+        row_of: dict[tuple[int, ...], int] = {}
+        rows = [row_of.setdefault(tuple(request.ids), len(row_of)) for request in requests]
+        prompts = [list(ids) for ids in row_of]  # one per row, in row order
+        lengths = [len(ids) for ids in prompts]
+        longest, batch_size = max(lengths), len(prompts)
         device = self.model.device
         # Padding takes id 0 (any id would do: it is masked out and never cached).
         input_ids = torch.zeros((batch_size, longest), dtype=torch.long, device=device)  # (B, longest)
         attention_mask = torch.zeros((batch_size, longest), dtype=torch.long, device=device)
         position_ids = torch.zeros((batch_size, longest), dtype=torch.long, device=device)
-        for row, (request, length) in enumerate(zip(requests, lengths, strict=True)):
-            input_ids[row, longest - length :] = torch.tensor(request.ids, device=device)
+        for row, (ids, length) in enumerate(zip(prompts, lengths, strict=True)):
+            input_ids[row, longest - length :] = torch.tensor(ids, device=device)
             attention_mask[row, longest - length :] = 1
             position_ids[row, longest - length :] = torch.arange(length, device=device)  # each prompt from 0
         # Each prompt's cache is its row of the batch's, from its first real position.
-        starts = [longest - length for length in lengths]
-        self._pass_and_split(requests, starts, [None] * batch_size, input_ids, attention_mask, position_ids)
+        starts = [longest - lengths[row] for row in rows]
+        owns = [None] * len(requests)
+        self._pass_and_split(requests, starts, owns, input_ids, attention_mask, position_ids, rows=rows)
 
     def _forward_decodes(self, requests: list[ForwardRequest]) -> None:
         """Many sequences' next token in one pass, each at its own position."""
@@ -415,11 +442,13 @@ class ForwardBatcher:
         attention_mask: torch.Tensor,
         position_ids: torch.Tensor,
         cache: Cache | None = None,
+        rows: list[int] | None = None,
     ) -> None:
         """One batched pass; each request gets its row: its distribution's summary and its own cache.
 
-        A request's cache becomes its row of the batch's cache from `starts[row]` on (views,
-        padding dropped), in `owns[row]` or, for None, a new DynamicCache."""
+        Request i reads row `rows[i]` of the batch (row i when `rows` is None). Its cache becomes
+        that row of the batch's cache from `starts[i]` on (views, padding dropped), in `owns[i]`
+        or, for None, a new DynamicCache."""
         started = time.perf_counter()
         output = self.model(
             input_ids=input_ids,
@@ -434,21 +463,23 @@ class ForwardBatcher:
         summaries = summarize(output.logits[:, -1])
         forward_ms = _elapsed_ms(started, output.logits)
         batched_layers = output.cache.layers
+        rows = list(range(len(requests))) if rows is None else rows
         # Where each sequence sits in this batch, for _previous_batch (ints only: no tensor kept).
-        self._last_rows = {
-            request.sequence: (row, start) for row, (request, start) in enumerate(zip(requests, starts, strict=True))
-        }
+        # Sequences that share a row (identical prompts) cannot take the batch's cache as it is.
+        shared = len(set(rows)) < len(rows)
+        placed = zip(requests, rows, starts, strict=True)
+        self._last_rows = {} if shared else {request.sequence: (row, start) for request, row, start in placed}
         self._last_length = batched_layers[0].keys.shape[2]
-        for row, (request, start, own) in enumerate(zip(requests, starts, owns, strict=True)):
+        for row, request, start, own in zip(rows, requests, starts, owns, strict=True):
             # (1, heads, positions, head_dim) per layer: this row's keys and values, padding dropped.
-            rows = [
+            row_layers = [
                 (batched.keys[row : row + 1, :, start:], batched.values[row : row + 1, :, start:])
                 for batched in batched_layers
             ]
             if own is None:
-                own = _cache_of(rows)
+                own = _cache_of(row_layers)
             else:
-                for layer, (keys, values) in zip(own.layers, rows, strict=True):
+                for layer, (keys, values) in zip(own.layers, row_layers, strict=True):
                     layer.keys, layer.values = keys, values
             request.result = ForwardResult(own, summaries[row], forward_ms)
 
