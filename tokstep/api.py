@@ -11,7 +11,7 @@ from typing import Any
 
 import gradio as gr
 
-from tokstep.engine import PromptError, Step, TokenStepper
+from tokstep.engine import PromptError, Step, TokenStepper, run_steps
 from tokstep.loading import LanguageModel, ModelLoadError
 from tokstep.model_choice import ModelCache, ModelNotAllowedError
 from tokstep.sampling import SamplingSettings
@@ -83,7 +83,7 @@ def new_stepper(lm: LanguageModel, prompt: Any) -> TokenStepper:
     return TokenStepper.from_text(lm, prompt)
 
 
-def step_update(stepper: TokenStepper, step: Step, stop_reason: str | None) -> dict:
+def step_update(stepper: TokenStepper, step: Step) -> dict:
     """One streamed /generate update: plain JSON types only."""
     return {
         "text": stepper.text(),
@@ -97,7 +97,7 @@ def step_update(stepper: TokenStepper, step: Step, stop_reason: str | None) -> d
         "rank": step.rank,
         "entropy": step.entropy,
         "sampling_prob": step.sampling_prob,
-        "stop_reason": stop_reason,
+        "stop_reason": step.stop_reason,
     }
 
 
@@ -118,15 +118,6 @@ def generate_updates(
         stepper = new_stepper(lm, prompt)
     except PromptError as error:
         raise gr.Error(str(error)) from None
-    try:
-        for count in range(1, max_new_tokens + 1):
-            step = stepper.step(API_TOP_K, sampling=sampling)
-            stop_reason = step.stop_reason or ("max_new_tokens" if count == max_new_tokens else None)
-            if stop_reason is None:
-                # The next token's pass joins the next batch while Gradio sends this one.
-                stepper.prefetch()
-            yield step_update(stepper, step, stop_reason)
-            if stop_reason is not None:
-                return
-    finally:
-        stepper.drop_prefetch()  # the client went away: nobody will read it
+    # The engine's own run: the next token's pass joins the next batch while Gradio sends this one.
+    for step in run_steps(stepper, max_new_tokens, API_TOP_K, sampling):
+        yield step_update(stepper, step)

@@ -150,9 +150,7 @@ class ForwardBatcher:
         pass can wait a moment for sequences that stepped in the last ones (see _gather)."""
         request = self._request(ids, cache, cached, sequence)
         with self._condition:  # queued and waited for in one hold: the runner leaves it to this thread
-            self._queue.append(request)
-            self._last_arrival = time.monotonic()
-            self._condition.notify_all()  # a leader gathering a batch may be waiting for this one
+            self._enqueue(request)
             return self._await(request)
 
     def submit(self, ids: Sequence[int], cache: Cache | None, cached: int, sequence: Hashable = None) -> ForwardRequest:
@@ -163,13 +161,18 @@ class ForwardBatcher:
         `cache` is extended in place by that pass: its owner must not touch it until `wait`."""
         request = self._request(ids, cache, cached, sequence)
         with self._condition:
-            self._queue.append(request)
-            self._last_arrival = time.monotonic()
             if self._runner is None:
                 self._runner = threading.Thread(target=self._run_forever, name="tokstep-forward-runner", daemon=True)
                 self._runner.start()
-            self._condition.notify_all()  # a gathering leader, or the runner
+            self._enqueue(request)
         return request
+
+    def _enqueue(self, request: ForwardRequest) -> None:
+        """Queue `request` (the condition held) and wake whoever may take it: a gathering leader,
+        or the runner."""
+        self._queue.append(request)
+        self._last_arrival = time.monotonic()
+        self._condition.notify_all()
 
     def wait(self, request: ForwardRequest) -> ForwardResult:
         """The submitted request's result, once a pass has run it; this thread leads the pass when

@@ -213,14 +213,20 @@ class TokenStepper:
 
         The pass goes through the model's batcher: when other sessions step at the same
         moment, their tokens and this one share one batched forward pass."""
-        if self._next is not None and self._cached == len(self.ids):
+        if self._next_is_current:
             return self._next
         request, self._prefetched = self._prefetched, None
-        if request is None:
-            # Prefill reads the whole prompt; later passes read one token.
-            request = self.lm.batcher.submit(self.ids[self._cached :], self._cache, self._cached, sequence=id(self))
-        self._take(self.lm.batcher.wait(request))
+        self._take(self.lm.batcher.wait(request or self._submit_pending()))
         return self._next
+
+    @property
+    def _next_is_current(self) -> bool:
+        """Whether `_next` is the distribution after every id (no pass is pending)."""
+        return self._next is not None and self._cached == len(self.ids)
+
+    def _submit_pending(self) -> ForwardRequest:
+        # Prefill reads the whole prompt; later passes read one token.
+        return self.lm.batcher.submit(self.ids[self._cached :], self._cache, self._cached, sequence=id(self))
 
     def _take(self, result: ForwardResult) -> None:
         """Keep the pass's result for ids[_cached:]: the cache now holds every id."""
@@ -239,10 +245,8 @@ class TokenStepper:
         page update. Nothing is guessed: it is the pass the next step would run anyway, and
         the next step waits for it. Does nothing when no pass is pending."""
         with self._lock:
-            if self._prefetched is None and not (self._next is not None and self._cached == len(self.ids)):
-                self._prefetched = self.lm.batcher.submit(
-                    self.ids[self._cached :], self._cache, self._cached, sequence=id(self)
-                )
+            if self._prefetched is None and not self._next_is_current:
+                self._prefetched = self._submit_pending()
 
     def drop_prefetch(self) -> None:
         """Withdraw a prefetched pass that no step will read (the run was stopped). A pass already
@@ -440,10 +444,15 @@ def generate_steps(
     if sampling is not None and not isinstance(sampling, SamplingSettings):
         raise TypeError(f"sampling must be a SamplingSettings or None, got {type(sampling).__name__}.")
     stepper = TokenStepper.from_text(lm, prompt) if isinstance(prompt, str) else TokenStepper(lm, prompt)
-    return _run(stepper, max_new_tokens, top_k, sampling)
+    return run_steps(stepper, max_new_tokens, top_k, sampling)
 
 
-def _run(stepper: TokenStepper, max_new_tokens: int, top_k: int, sampling: SamplingSettings | None) -> Iterator[Step]:
+def run_steps(
+    stepper: TokenStepper, max_new_tokens: int, top_k: int, sampling: SamplingSettings | None
+) -> Iterator[Step]:
+    """Step `stepper` up to `max_new_tokens` times, yielding each Step; the last one's `stop_reason`
+    says why the run ended. Each token's successor pass is submitted before the token is
+    handed out (see TokenStepper.prefetch), and withdrawn when the caller stops early."""
     try:
         for count in range(1, max_new_tokens + 1):
             step = stepper.step(top_k, sampling=sampling)
