@@ -27,9 +27,8 @@ import torch
 from transformers.utils import logging as hf_logging
 
 import tokstep
-from bench.common import gpt2_small_shape, prompt_ids
+from bench.common import BUNDLED, GPT2_SMALL_SHAPE, build_model, prompt_ids, synchronize
 from tokstep.loading import LanguageModel
-from tokstep.testing import gpt2_tokenizer
 
 NEW_TOKENS = 64
 PROMPT_LENGTHS = (8, 128, 512)
@@ -61,7 +60,7 @@ def run_bare_loop(lm: LanguageModel, ids: list[int], n: int) -> None:
 def run_notebook_loop(lm: LanguageModel, ids: list[int], n: int) -> None:
     text = lm.tokenizer.decode(ids)
     for _ in range(n):
-        inputs = lm.tokenizer(text, return_tensors="pt")
+        inputs = lm.tokenizer(text, return_tensors="pt").to(lm.device)
         logits = lm.model(**inputs).logits[:, -1, :]
         probabilities = torch.softmax(logits[0], dim=-1)
         text += lm.tokenizer.decode(int(torch.argmax(probabilities)))
@@ -79,6 +78,7 @@ RUNNERS: dict[str, Runner] = {
 def ms_per_token(run: Runner, lm: LanguageModel, ids: list[int], n_tokens: int) -> float:
     started = time.perf_counter()
     run(lm, ids, n_tokens)
+    synchronize(str(lm.device))  # on a GPU the bare loop's last argmax may still be queued
     return (time.perf_counter() - started) * 1000 / n_tokens
 
 
@@ -110,6 +110,13 @@ def bench_model(lm: LanguageModel, repeats: int, notebook_tokens: int) -> list[d
     return rows
 
 
+def describe_device(lm: LanguageModel) -> str:
+    """Where the model runs and in what precision, e.g. `cuda (NVIDIA H200), torch.bfloat16`."""
+    device = lm.device
+    name = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    return f"{device.type}{name}, {lm.model.dtype}"
+
+
 def print_header() -> None:
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, {NEW_TOKENS} new tokens; ms per token (median)"
@@ -136,16 +143,18 @@ def main() -> None:
         "--smoke", action="store_true", help="the bundled model only, 1 repetition, 4-token notebook loop"
     )
     parser.add_argument("--repeats", type=int, default=7, help="timed repetitions per cell (median kept)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: where tokstep.load puts it)")
     args = parser.parse_args()
     repeats = 1 if args.smoke else 3 if args.quick else args.repeats
     notebook_tokens = 4 if args.smoke else 16 if args.quick else 32
     hf_logging.set_verbosity_error()  # generate's notes on its defaults are not results
 
-    models = [] if args.smoke else [gpt2_small_shape(gpt2_tokenizer())]
-    if "tinystories" in tokstep.bundled_models():
-        models.append(tokstep.load("tinystories"))
+    models = [] if args.smoke else [build_model(GPT2_SMALL_SHAPE, args.device)]
+    if BUNDLED in tokstep.bundled_models():
+        models.append(build_model(BUNDLED, args.device))
     print_header()
     for lm in models:
+        print(f"# {lm.name}: {describe_device(lm)}", flush=True)
         bench_model(lm, repeats, notebook_tokens)
     print(
         "\nsteps/bare: generate_steps' time per token over the bare cached loop's (target <= 1.05)."
