@@ -1,0 +1,73 @@
+"""On a CUDA GPU, in the half type tokstep.load picks there and in fp32: greedy steps equal
+`model.generate(do_sample=False)`, and sessions stepped at the same time (batched) equal each
+session stepped alone. Skipped where torch sees no GPU (CI has none)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+import tokstep
+from tokstep.loading import LanguageModel
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+PROMPTS = [
+    "Once upon a time",
+    "The cat sat on the mat and looked out of the window at the rain.",
+    "Hello",
+    "A long time ago, in a small town by the sea, there lived an old fisherman",
+    "Tom and Sue went to the park",
+]
+NEW_TOKENS = 24
+
+
+@pytest.fixture(scope="module", params=["half", "fp32"])
+def gpu_lm(request: pytest.FixtureRequest) -> LanguageModel:
+    lm = tokstep.load("tinystories", device_map="cuda")
+    assert lm.device.type == "cuda" and lm.model.dtype in (torch.bfloat16, torch.float16)
+    if request.param == "fp32":
+        lm.model.float()
+    return lm
+
+
+def greedy_run(lm: LanguageModel, prompt: str) -> tuple[list[int], list[float]]:
+    steps = list(tokstep.generate_steps(lm, prompt, max_new_tokens=NEW_TOKENS, top_k=5))
+    return [step.token_id for step in steps], [step.prob for step in steps]
+
+
+@torch.inference_mode()
+def test_greedy_steps_equal_generate_on_the_gpu(gpu_lm: LanguageModel):
+    for prompt in PROMPTS:
+        ids = tokstep.tokenize(gpu_lm.tokenizer, prompt)
+        input_ids = torch.tensor([ids], device=gpu_lm.device)
+        generated = gpu_lm.model.generate(
+            input_ids,
+            attention_mask=torch.ones_like(input_ids),
+            do_sample=False,
+            max_new_tokens=NEW_TOKENS,
+            min_new_tokens=NEW_TOKENS,
+        )
+        assert greedy_run(gpu_lm, prompt)[0] == generated[0, len(ids) :].tolist()
+
+
+def test_concurrent_sessions_equal_each_alone_on_the_gpu(gpu_lm: LanguageModel):
+    alone = {prompt: greedy_run(gpu_lm, prompt) for prompt in PROMPTS}
+    together: dict[str, tuple[list[int], list[float]]] = {}
+    passes_before = gpu_lm.batcher.passes
+    threads = [
+        threading.Thread(target=lambda p=prompt: together.__setitem__(p, greedy_run(gpu_lm, p))) for prompt in PROMPTS
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    # Fewer passes than tokens: the sessions' steps shared passes.
+    assert gpu_lm.batcher.passes - passes_before < len(PROMPTS) * NEW_TOKENS
+    # bf16 keeps about 3 significant digits, and a padded batch adds its rows in another order.
+    tolerance = 1e-4 if gpu_lm.model.dtype == torch.float32 else 5e-2
+    for prompt in PROMPTS:
+        assert together[prompt][0] == alone[prompt][0]
+        assert together[prompt][1] == pytest.approx(alone[prompt][1], abs=tolerance)
