@@ -2,7 +2,7 @@
 on, and a tokstep server in a process of its own whose memory can be read from /proc.
 
 Not a script: run `python -m bench.engine`, `bench.server`, `bench.classroom`, `bench.startup`,
-`bench.threads` or `bench.bandwidth` from the repository root.
+`bench.threads`, `bench.bandwidth` or `bench.packing` from the repository root.
 """
 
 from __future__ import annotations
