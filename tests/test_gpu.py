@@ -8,19 +8,13 @@ import threading
 
 import pytest
 import torch
+from test_batching import PROMPTS  # prompts of different lengths, so that batches need padding
 
 import tokstep
 from tokstep.loading import LanguageModel
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
-PROMPTS = [
-    "Once upon a time",
-    "The cat sat on the mat and looked out of the window at the rain.",
-    "Hello",
-    "A long time ago, in a small town by the sea, there lived an old fisherman",
-    "Tom and Sue went to the park",
-]
 NEW_TOKENS = 24
 
 
