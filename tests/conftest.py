@@ -124,6 +124,14 @@ def browser():
 
 
 @pytest.fixture
+def tab(browser):
+    """A fresh browser tab in a context of its own (a Gradio session of its own), on no page yet."""
+    context = browser.new_context(viewport={"width": 1200, "height": 1000})
+    yield context.new_page()
+    context.close()
+
+
+@pytest.fixture
 def page(browser, server_url):
     """A fresh browser tab (its own Gradio session) on the tiny model's page."""
     context = browser.new_context(viewport={"width": 1200, "height": 1000})

@@ -6,30 +6,19 @@ from __future__ import annotations
 
 import time
 
-import gradio as gr
 import pytest
-from conftest import SCREENSHOTS, serving
+from conftest import SCREENSHOTS
 from test_chat import MESSAGE, chat_lm, chat_model_dir, im_end, plain_lm  # noqa: F401 (fixtures)
+from test_chat_server import chat_url  # noqa: F401 (fixture)
 
 from tokstep.chat import control_token_ids, start_turn
-from tokstep.chat_ui import add_chat
 from tokstep.views import label_key
 
 CHIPS = "#chat-tokens .token .label"
 
 
-@pytest.fixture(scope="module")
-def chat_url(chat_lm, plain_lm):  # noqa: F811
-    models = {"chat-model": chat_lm, "plain-model": plain_lm}
-    with gr.Blocks() as demo:
-        choice = gr.Dropdown(list(models), value="chat-model", label="Model", elem_id="model")
-        add_chat(choice, lambda name: models[name])
-    with serving(demo) as url:
-        yield url
-
-
 @pytest.fixture
-def tab(browser, chat_url):
+def tab(browser, chat_url):  # noqa: F811 (the fixture imported above)
     context = browser.new_context(viewport={"width": 1200, "height": 1400})
     page = context.new_page()
     page.goto(chat_url)

@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import pytest
 from conftest import SCREENSHOTS, serving, token_labels, wait_for_count
-from test_teachers_browser import labels_of
+from test_teachers_browser import labels_of, open_page
 
 pytest_plugins = ["model_choice_support"]
 
@@ -33,19 +33,6 @@ def fresh_url(tiny_lm, other_model_dir, broken_model_dir) -> Iterator[str]:
 
     with serving(create_demo(tiny_lm, models=[str(other_model_dir), str(broken_model_dir)])) as url:
         yield url
-
-
-@pytest.fixture
-def tab(browser):
-    context = browser.new_context(viewport={"width": 1200, "height": 1000})
-    yield context.new_page()
-    context.close()
-
-
-def open_page(tab, url: str, count: int) -> list[str]:
-    tab.goto(url)
-    tab.wait_for_selector("#tokens .token")
-    return wait_for_count(tab, count)
 
 
 def pick_model(tab, name: str) -> None:

@@ -28,13 +28,6 @@ def labels_of(lm, prompt: str, steps: int, sampling=None) -> list[str]:
     return [str(i) for i in prompt_ids] + [f"+{s.token_id} · #{s.rank}{mark}" for s in run]
 
 
-@pytest.fixture
-def tab(browser):
-    context = browser.new_context(viewport={"width": 1200, "height": 1000})
-    yield context.new_page()
-    context.close()
-
-
 def open_page(tab, url: str, count: int) -> list[str]:
     tab.goto(url)
     tab.wait_for_selector("#tokens .token")
