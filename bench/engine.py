@@ -35,8 +35,9 @@ PROMPT_LENGTHS = (8, 128, 512)
 
 
 def run_generate_steps(lm: LanguageModel, ids: list[int], n: int) -> None:
-    for _ in tokstep.generate_steps(lm, ids, max_new_tokens=n, top_k=5):
-        pass
+    written = sum(1 for _ in tokstep.generate_steps(lm, ids, max_new_tokens=n, top_k=5))
+    if written != n:  # e.g. the end-of-text token: the time per token would be divided by too many
+        raise RuntimeError(f"generate_steps stopped after {written} of {n} tokens; choose a prompt it does not end")
 
 
 @torch.inference_mode()
