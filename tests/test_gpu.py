@@ -48,6 +48,16 @@ def test_greedy_steps_equal_generate_on_the_gpu(gpu_lm: LanguageModel):
         assert greedy_run(gpu_lm, prompt)[0] == generated[0, len(ids) :].tolist()
 
 
+def test_a_lone_run_does_not_prefetch_on_the_gpu(gpu_lm: LanguageModel):
+    # Alone, a pass of GPU kernel launches would keep taking the GIL back from the thread it overlaps.
+    assert not gpu_lm.batcher.prefetches_alone
+    passes = gpu_lm.batcher.passes
+    run = tokstep.generate_steps(gpu_lm, PROMPTS[0], max_new_tokens=4)
+    next(run)
+    assert (gpu_lm.batcher.passes - passes, gpu_lm.batcher.waiting) == (1, 0)
+    run.close()
+
+
 def test_concurrent_sessions_equal_each_alone_on_the_gpu(gpu_lm: LanguageModel):
     alone = {prompt: greedy_run(gpu_lm, prompt) for prompt in PROMPTS}
     together: dict[str, tuple[list[int], list[float]]] = {}

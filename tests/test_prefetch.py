@@ -4,14 +4,18 @@ joins whatever batch runs next; the next step reads it, and a run that stops tak
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 
 import pytest
 import torch
 from test_batching import PROMPTS, assert_same_step
+from transformers import GPT2LMHeadModel
 
 import tokstep
+import tokstep.batching
+from tokstep.batching import ForwardBatcher
 from tokstep.engine import Step, TokenStepper
 
 
@@ -147,3 +151,50 @@ def test_prefetching_runs_still_equal_generate(bundled_lm, tokens):
         )[0, len(ids) :].tolist()
     assert [step.token_id for step in tokstep.generate_steps(bundled_lm, prompt, max_new_tokens=tokens)] == expected
     assert bundled_lm.batcher.waiting == 0
+
+
+def test_a_lone_sequence_prefetches_on_the_cpu_and_not_on_other_devices(tiny_lm):
+    assert tiny_lm.batcher.prefetches_alone
+    with torch.device("meta"):  # the same model with no weights anywhere: only its device differs
+        elsewhere = GPT2LMHeadModel(tiny_lm.model.config)
+    assert elsewhere.device.type == "meta"
+    assert not ForwardBatcher(elsewhere, threading.Lock()).prefetches_alone
+
+
+@pytest.fixture
+def accelerator_like_lm(tiny_lm, monkeypatch):
+    """tiny_lm with a batcher of its own that behaves as on an accelerator: a lone sequence does not
+    prefetch. Sequences count as stepping together for a minute after their last pass."""
+    monkeypatch.setattr(tokstep.batching, "RECENT_SLACK_S", 60.0)
+    lm = dataclasses.replace(tiny_lm)  # a new batcher (the same model and forward lock)
+    lm.batcher.prefetches_alone = False
+    return lm
+
+
+def test_a_lone_run_that_does_not_prefetch_asks_for_each_pass_when_it_needs_it(tiny_lm, accelerator_like_lm):
+    expected = list(tokstep.generate_steps(tiny_lm, PROMPTS[0], max_new_tokens=4))  # prefetching
+    batcher = accelerator_like_lm.batcher
+    run = tokstep.generate_steps(accelerator_like_lm, PROMPTS[0], max_new_tokens=4)
+    got = [next(run)]  # the prompt's pass
+    time.sleep(0.05)
+    assert (batcher.passes, batcher.waiting) == (1, 0)  # nothing ran or waits ahead
+    got += list(run)
+    assert batcher.passes == 4
+    for step, want in zip(got, expected, strict=True):
+        assert_same_step(step, want)
+
+
+def test_sequences_that_step_together_prefetch_even_where_a_lone_one_does_not(accelerator_like_lm):
+    lm, batcher = accelerator_like_lm, accelerator_like_lm.batcher
+    alone_a, alone_b = (TokenStepper.from_text(lm, p) for p in PROMPTS[:2])
+    expected = [alone_a.step(5), alone_a.step(5), alone_b.step(5), alone_b.step(5)]
+
+    a, b = (TokenStepper.from_text(lm, p) for p in PROMPTS[:2])
+    first_a, first_b = a.step(5), b.step(5)  # each served by a pass: they step together now
+    passes = batcher.passes
+    with lm.forward_lock:
+        a.prefetch(), b.prefetch()
+        assert batcher.waiting == 2
+    wait_until(lambda: batcher.passes == passes + 1)  # both ran in one pass, asked for by neither
+    for got, want in zip([first_a, a.step(5), first_b, b.step(5)], expected, strict=True):
+        assert_same_step(got, want)

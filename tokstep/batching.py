@@ -128,6 +128,16 @@ class ForwardBatcher:
         self._running = False  # a thread is leading a pass
         self._waiters = 0  # threads in `wait`: one of them leads the next pass
         self._runner: threading.Thread | None = None  # started by the first `submit`
+        # Prefetching (TokenStepper.prefetch) lets the runner thread run a sequence's next pass
+        # while its caller hands the current token out. For a class it keeps the passes back to
+        # back, on any device. For a lone sequence it pays only on a CPU: the pass and its caller
+        # overlap only while the pass is inside torch operators, which release the GIL. On an
+        # accelerator an operator's CPU side is a kernel launch of microseconds, so the pass takes
+        # the GIL back hundreds of times from the very thread it was to overlap with, and waits
+        # for it each time. Measured on an H200 (GPT-2 small; docs/performance.md, "GPU"): one
+        # client, 19 ms per token with prefetching and 9 without; 30 clients, gap p95 115 ms
+        # with it and 217 without. Tests may set it.
+        self.prefetches_alone = model.device.type == "cpu"
         self._last_arrival = 0.0  # when the newest request was queued (monotonic seconds)
         # Prompts can share a pass when the model's own cache is plain DynamicLayers, which
         # padding can line up (not sliding windows, not recurrent state).
@@ -279,6 +289,14 @@ class ForwardBatcher:
             for sequence, seen in list(self._recent.items()):
                 if now - seen > self._recent_window_s:
                     del self._recent[sequence]
+
+    def should_prefetch(self, sequence: Hashable) -> bool:
+        """Whether `sequence` should queue its next pass ahead (see `prefetches_alone`): always on
+        a CPU; elsewhere only when other sequences stepped in the last passes."""
+        if self.prefetches_alone:
+            return True
+        with self._condition:
+            return any(other != sequence for other in self._recent)
 
     @property
     def waiting(self) -> int:

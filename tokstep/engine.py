@@ -243,7 +243,10 @@ class TokenStepper:
         A run calls this before it hands a token out: while the caller shows that token, the
         pass joins the next batch, so a class's next pass need not wait for every session's
         page update. Nothing is guessed: it is the pass the next step would run anyway, and
-        the next step waits for it. Does nothing when no pass is pending."""
+        the next step waits for it. Does nothing when no pass is pending, or when the batcher
+        says it does not pay (a lone sequence on an accelerator: see ForwardBatcher.should_prefetch)."""
+        if not self.lm.batcher.should_prefetch(id(self)):
+            return
         with self._lock:
             if self._prefetched is None and not self._next_is_current:
                 self._prefetched = self._submit_pending()
