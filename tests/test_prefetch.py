@@ -19,6 +19,13 @@ from tokstep.batching import ForwardBatcher
 from tokstep.engine import Step, TokenStepper
 
 
+@pytest.fixture(autouse=True)
+def prefetching(tiny_lm, bundled_lm, monkeypatch):
+    """Lone sequences prefetch in these tests wherever the models were loaded (on a GPU they would not)."""
+    for lm in (tiny_lm, bundled_lm):
+        monkeypatch.setattr(lm.batcher, "prefetches_alone", True)
+
+
 def wait_until(condition, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -154,10 +161,11 @@ def test_prefetching_runs_still_equal_generate(bundled_lm, tokens):
 
 
 def test_a_lone_sequence_prefetches_on_the_cpu_and_not_on_other_devices(tiny_lm):
-    assert tiny_lm.batcher.prefetches_alone
+    on_cpu = GPT2LMHeadModel(tiny_lm.model.config)  # built on the CPU, wherever tiny_lm was loaded
     with torch.device("meta"):  # the same model with no weights anywhere: only its device differs
         elsewhere = GPT2LMHeadModel(tiny_lm.model.config)
-    assert elsewhere.device.type == "meta"
+    assert (on_cpu.device.type, elsewhere.device.type) == ("cpu", "meta")
+    assert ForwardBatcher(on_cpu, threading.Lock()).prefetches_alone
     assert not ForwardBatcher(elsewhere, threading.Lock()).prefetches_alone
 
 

@@ -130,13 +130,13 @@ class ForwardBatcher:
         self._runner: threading.Thread | None = None  # started by the first `submit`
         # Prefetching (TokenStepper.prefetch) lets the runner thread run a sequence's next pass
         # while its caller hands the current token out. For a class it keeps the passes back to
-        # back, on any device. For a lone sequence it pays only on a CPU: the pass and its caller
-        # overlap only while the pass is inside torch operators, which release the GIL. On an
-        # accelerator an operator's CPU side is a kernel launch of microseconds, so the pass takes
-        # the GIL back hundreds of times from the very thread it was to overlap with, and waits
-        # for it each time. Measured on an H200 (GPT-2 small; docs/performance.md, "GPU"): one
-        # client, 19 ms per token with prefetching and 9 without; 30 clients, gap p95 115 ms
-        # with it and 217 without. Tests may set it.
+        # back (on 2 CPU cores: 50-60 ms idle between passes -> ~10 ms). For a lone sequence it
+        # pays only on a CPU: the pass and its caller overlap only while the pass is inside
+        # torch operators, which release the GIL. On an accelerator an operator's CPU side is a
+        # kernel launch of microseconds, so the pass takes the GIL back hundreds of times from
+        # the very thread it was to overlap with, and waits for it each time. On an H200 (GPT-2
+        # small, one client streaming /generate) the median time between tokens was 13.4 ms with
+        # prefetching and 5.7-8.3 ms without; see docs/performance.md, "GPU". Tests may set it.
         self.prefetches_alone = model.device.type == "cpu"
         self._last_arrival = 0.0  # when the newest request was queued (monotonic seconds)
         # Prompts can share a pass when the model's own cache is plain DynamicLayers, which
