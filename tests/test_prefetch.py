@@ -5,8 +5,10 @@ joins whatever batch runs next; the next step reads it, and a run that stops tak
 from __future__ import annotations
 
 import dataclasses
+import gc
 import threading
 import time
+import weakref
 
 import pytest
 import torch
@@ -206,3 +208,17 @@ def test_sequences_that_step_together_prefetch_even_where_a_lone_one_does_not(ac
     wait_until(lambda: batcher.passes == passes + 1)  # both ran in one pass, asked for by neither
     for got, want in zip([first_a, a.step(5), first_b, b.step(5)], expected, strict=True):
         assert_same_step(got, want)
+
+
+def test_a_model_nobody_uses_any_more_is_freed_and_its_runner_thread_ends(tiny_model_dir):
+    lm = tokstep.load(str(tiny_model_dir))
+    lm.batcher.prefetches_alone = True  # wherever it was loaded, its runs prefetch: the runner thread starts
+    before = set(threading.enumerate())
+    assert len(list(tokstep.generate_steps(lm, PROMPTS[0], max_new_tokens=3))) == 3
+    (runner,) = [thread for thread in set(threading.enumerate()) - before if thread.name == "tokstep-forward-runner"]
+    model = weakref.ref(lm.model)
+    del lm
+    gc.collect()
+    assert model() is None
+    runner.join(10)
+    assert not runner.is_alive()

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -172,7 +173,13 @@ class ForwardBatcher:
         request = self._request(ids, cache, cached, sequence)
         with self._condition:
             if self._runner is None:
-                self._runner = threading.Thread(target=self._run_forever, name="tokstep-forward-runner", daemon=True)
+                # The thread holds the batcher weakly, so a model nobody uses any more is freed;
+                # the finalizer then wakes the thread, which ends.
+                self._runner = threading.Thread(
+                    target=self._run_forever, args=(weakref.ref(self), self._condition), name="tokstep-forward-runner",
+                    daemon=True,
+                )  # fmt: skip
+                weakref.finalize(self, self._wake, self._condition)
                 self._runner.start()
             self._enqueue(request)
         return request
@@ -208,14 +215,23 @@ class ForwardBatcher:
         assert request.result is not None
         return request.result
 
-    def _run_forever(self) -> None:
-        """The runner thread: leads a pass whenever requests are queued and no waiting thread will."""
-        with self._condition:
-            while True:
-                if self._queue and not self._running and self._waiters == 0:
-                    self._lead()
+    @staticmethod
+    def _run_forever(batcher_ref: weakref.ref[ForwardBatcher], condition: threading.Condition) -> None:
+        """The runner thread: leads a pass whenever requests are queued and no waiting thread will;
+        ends once its batcher is gone."""
+        with condition:
+            while (batcher := batcher_ref()) is not None:
+                if batcher._queue and not batcher._running and batcher._waiters == 0:
+                    batcher._lead()
                 else:
-                    self._condition.wait()
+                    del batcher  # not held while asleep: the batcher may be freed meanwhile
+                    condition.wait()
+
+    @staticmethod
+    def _wake(condition: threading.Condition) -> None:
+        """The batcher is gone: wake its runner thread, which then ends."""
+        with condition:
+            condition.notify_all()
 
     def _lead(self) -> None:
         """Run the next pass from this thread (called with the condition held; released meanwhile)."""
