@@ -46,6 +46,11 @@ def in_thread(work, timeout: float = 10.0) -> None:
         raise errors[0]
 
 
+def runner_threads_since(before: set[threading.Thread]) -> list[threading.Thread]:
+    """Batcher runner threads started since `before` (the threads alive then)."""
+    return [thread for thread in set(threading.enumerate()) - before if thread.name == "tokstep-forward-runner"]
+
+
 def _collect(work, errors: list[BaseException]) -> None:
     try:
         work()
@@ -184,12 +189,15 @@ def accelerator_like_lm(tiny_lm, monkeypatch):
 def test_a_lone_run_that_does_not_prefetch_asks_for_each_pass_when_it_needs_it(tiny_lm, accelerator_like_lm):
     expected = list(tokstep.generate_steps(tiny_lm, PROMPTS[0], max_new_tokens=4))  # prefetching
     batcher = accelerator_like_lm.batcher
+    threads_before = set(threading.enumerate())
     run = tokstep.generate_steps(accelerator_like_lm, PROMPTS[0], max_new_tokens=4)
     got = [next(run)]  # the prompt's pass
     time.sleep(0.05)
     assert (batcher.passes, batcher.waiting) == (1, 0)  # nothing ran or waits ahead
     got += list(run)
     assert batcher.passes == 4
+    # Each pass ran in the thread that asked for it: no runner thread was needed.
+    assert not runner_threads_since(threads_before)
     for step, want in zip(got, expected, strict=True):
         assert_same_step(step, want)
 
@@ -215,7 +223,7 @@ def test_a_model_nobody_uses_any_more_is_freed_and_its_runner_thread_ends(tiny_m
     lm.batcher.prefetches_alone = True  # wherever it was loaded, its runs prefetch: the runner thread starts
     before = set(threading.enumerate())
     assert len(list(tokstep.generate_steps(lm, PROMPTS[0], max_new_tokens=3))) == 3
-    (runner,) = [thread for thread in set(threading.enumerate()) - before if thread.name == "tokstep-forward-runner"]
+    (runner,) = runner_threads_since(before)
     model = weakref.ref(lm.model)
     del lm
     gc.collect()

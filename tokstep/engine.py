@@ -216,17 +216,19 @@ class TokenStepper:
         if self._next_is_current:
             return self._next
         request, self._prefetched = self._prefetched, None
-        self._take(self.lm.batcher.wait(request or self._submit_pending()))
+        if request is not None:
+            self._take(self.lm.batcher.wait(request))
+        else:
+            # Queued and awaited in one step: this thread leads its own pass when none runs, with
+            # no hand-over to the runner thread and back (submit, then wait, would allow one).
+            pending = self.ids[self._cached :]  # the whole prompt at first, then one token
+            self._take(self.lm.batcher.forward(pending, self._cache, self._cached, sequence=id(self)))
         return self._next
 
     @property
     def _next_is_current(self) -> bool:
         """Whether `_next` is the distribution after every id (no pass is pending)."""
         return self._next is not None and self._cached == len(self.ids)
-
-    def _submit_pending(self) -> ForwardRequest:
-        # Prefill reads the whole prompt; later passes read one token.
-        return self.lm.batcher.submit(self.ids[self._cached :], self._cache, self._cached, sequence=id(self))
 
     def _take(self, result: ForwardResult) -> None:
         """Keep the pass's result for ids[_cached:]: the cache now holds every id."""
@@ -249,7 +251,9 @@ class TokenStepper:
             return
         with self._lock:
             if self._prefetched is None and not self._next_is_current:
-                self._prefetched = self._submit_pending()
+                self._prefetched = self.lm.batcher.submit(
+                    self.ids[self._cached :], self._cache, self._cached, sequence=id(self)
+                )
 
     def drop_prefetch(self) -> None:
         """Withdraw a prefetched pass that no step will read (the run was stopped). A pass already
