@@ -58,7 +58,7 @@ from bench.common import (
     reset_peak,
     verdict,
 )
-from bench.sse_client import fn_index, stream_outputs
+from bench.sse_client import fn_index, greedy_arguments, stream_outputs
 
 LEVELS = (10, 30, 60)
 TOKENS = 32
@@ -160,9 +160,7 @@ async def one_sse_client(
     await start.wait()
     result.started = time.perf_counter()
     try:
-        # Every argument, as the page sends them (gradio_client fills in the defaults itself).
-        arguments = [PROMPT, tokens, False, 1.0, 0, 1.0, 0]  # greedy: sample, temperature, top_k, top_p, seed
-        async for update in stream_outputs(http, url, event, arguments):
+        async for update in stream_outputs(http, url, event, greedy_arguments(PROMPT, tokens)):
             result.arrivals.append(time.perf_counter())
             result.stop_reason = update.get("stop_reason")
     except Exception as error:  # QueueFullError, JobError, a dropped connection: all are outcomes

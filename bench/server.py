@@ -1,10 +1,14 @@
 """Server benchmark: what a `gradio_client` streaming `/generate` sees, against the engine alone.
 
-For each model, in one run and alternating so that a change in the machine's load hits both:
+For each model, in one run and alternating so that a change in the machine's load hits all three:
   engine   `tokstep.generate_steps(lm, prompt, top_k=5)` in this process, timed per step
   server   `Client.submit(prompt, n, api_name="/generate")` against a tokstep server started in
            its own process (`bench.serve_for_bench`: create_demo + the app's LAUNCH_OPTIONS),
            timed per streamed update as the client receives it
+  page-like the same request from `bench.sse_client`, which speaks Gradio's queue protocol as the
+           page's own script does (no polling), against the same server: where the two clients
+           differ, the difference is the client's (on a GPU machine `gradio_client` received a
+           whole stream at its end while this client got each token as it was sent)
 
 Per token means end to end: (time from the request to the last token) / tokens, so everything
 the server adds counts, including that Gradio's event stream sends what is ready every 50 ms or
@@ -21,8 +25,11 @@ that both wrote the same tokens.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import time
 from dataclasses import dataclass
+
+import httpx
 
 from bench.common import (
     BUNDLED,
@@ -38,6 +45,7 @@ from bench.common import (
     synchronize,
     verdict,
 )
+from bench.sse_client import fn_index, greedy_arguments, stream_outputs
 
 NEW_TOKENS = 128  # long enough that a 50 ms burst at the end is under 0.4 ms per token
 PROMPT_TOKENS = 8
@@ -86,25 +94,43 @@ def run_server(client, prompt: str, n: int) -> Run:  # client: gradio_client.Cli
     return Run(arrivals, ids)
 
 
+def run_page_like(url: str, event: int, prompt: str, n: int) -> Run:
+    """The same request as `run_server`, from bench.sse_client (as the page's script makes it)."""
+
+    async def stream() -> Run:
+        arrivals, ids = [], []
+        async with httpx.AsyncClient(timeout=None) as http:
+            started = time.perf_counter()
+            async for update in stream_outputs(http, url, event, greedy_arguments(prompt, n)):
+                arrivals.append(time.perf_counter() - started)
+                ids.append(update["token_id"])
+        return Run(arrivals, ids)
+
+    return asyncio.run(stream())
+
+
 def bench_model(name: str, n: int, repeats: int, device: str | None, torch_threads: int | None) -> list[str]:
     from gradio_client import Client
 
     lm = build_model(name, device)
     prompt = lm.tokenizer.decode(prompt_ids(lm, PROMPT_TOKENS))
-    engine_runs, server_runs = [], []
+    engine_runs, server_runs, page_runs = [], [], []
     with bench_server(name, device, torch_threads) as server:
         client = Client(server.url, verbose=False, analytics_enabled=False)
-        # Warm-up, untimed: first-call allocations, lazy initialisation, the client's stream.
+        event = fn_index(server.url, "/generate")
+        # Warm-up, untimed: first-call allocations, lazy initialisation, the clients' streams.
         run_engine(lm, prompt, n, device)
         run_server(client, prompt, n)
+        run_page_like(server.url, event, prompt, n)
         for _ in range(repeats):
             engine_runs.append(run_engine(lm, prompt, n, device))
             server_runs.append(run_server(client, prompt, n))
+            page_runs.append(run_page_like(server.url, event, prompt, n))
         client.close()
     engine_ms = median([run.per_token_ms for run in engine_runs])
     server_ms = median([run.per_token_ms for run in server_runs])
     overhead = server_ms - engine_ms
-    same = all(run.token_ids == engine_runs[0].token_ids for run in engine_runs + server_runs)
+    same = all(run.token_ids == engine_runs[0].token_ids for run in engine_runs + server_runs + page_runs)
     return [
         lm.name,
         str(len(server_runs[0].token_ids)),
@@ -117,6 +143,8 @@ def bench_model(name: str, n: int, repeats: int, device: str | None, torch_threa
         fmt(median([run.first_ms for run in engine_runs])),
         fmt(median([run.first_ms for run in server_runs])),
         fmt(median([run.steady_ms for run in server_runs]), 2),
+        fmt(median([run.per_token_ms for run in page_runs]), 2),
+        fmt(median([run.first_ms for run in page_runs])),
         "yes" if same else "NO",
         verdict(overhead <= OVERHEAD_TARGET_MS),
     ]
@@ -148,7 +176,8 @@ def main() -> None:
     print(f"torch threads (engine and server): {threads}")
     headers = [
         "model", "tokens", "engine ms/tok", "server ms/tok", "overhead ms/tok", "engine tok/s", "server tok/s",
-        "server/engine", "engine 1st ms", "server 1st ms", "server steady", "same tokens",
+        "server/engine", "engine 1st ms", "server 1st ms", "server steady", "page-like ms/tok", "page-like 1st ms",
+        "same tokens",
         f"overhead <= {OVERHEAD_TARGET_MS:g} ms",
     ]  # fmt: skip
     rows = []
@@ -160,6 +189,8 @@ def main() -> None:
         "\noverhead: server - engine per token (issue 6's target: <= 3 ms); server/engine: the share of the"
         "\nengine's speed a streaming client sees. 1st ms: from the request to the first token. server steady:"
         "\n(last token - first token) / (tokens - 1) at the client (bursty: Gradio sends every ~50 ms)."
+        "\npage-like: the same request from a client that speaks the queue protocol as the page does;"
+        "\nsame tokens: the engine and both clients got the same tokens."
     )
 
 

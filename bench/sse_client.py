@@ -47,6 +47,13 @@ def fn_index(url: str, api_name: str) -> int:
     raise LookupError(f"no event named {api_name!r} on {url}")
 
 
+def greedy_arguments(prompt: str, tokens: int) -> list[Any]:
+    """`/generate`'s arguments for a greedy run, every one given, as the page sends them
+    (gradio_client fills in the defaults itself): prompt, max_new_tokens, sample, temperature,
+    top_k, top_p, seed."""
+    return [prompt, tokens, False, 1.0, 0, 1.0, 0]
+
+
 def new_session_hash() -> str:
     return secrets.token_hex(6)
 

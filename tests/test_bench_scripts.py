@@ -74,10 +74,10 @@ def test_engine(outputs):
 
 
 def test_server_streams_the_engines_tokens(outputs):
-    check_ran(outputs["server"], "overhead ms/tok", "server tok/s", "overhead <= 3 ms")
+    check_ran(outputs["server"], "overhead ms/tok", "server tok/s", "page-like ms/tok", "overhead <= 3 ms")
     row = table_row(outputs["server"].stdout, "tinystories")
     assert row[1] == "16"  # every token came back
-    assert "yes" in row  # the server wrote the same tokens as the engine alone
+    assert "yes" in row  # both clients got the same tokens as the engine alone
 
 
 def test_classroom_serves_every_client(outputs):
