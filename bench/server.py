@@ -7,8 +7,9 @@ For each model, in one run and alternating so that a change in the machine's loa
            timed per streamed update as the client receives it
   page-like the same request from `bench.sse_client`, which speaks Gradio's queue protocol as the
            page's own script does (no polling), against the same server: where the two clients
-           differ, the difference is the client's (on a GPU machine `gradio_client` received a
-           whole stream at its end while this client got each token as it was sent)
+           differ, the difference is the client's (on a GPU machine, `gradio_client` in this
+           script received whole streams at their end, while this client, run from a process of
+           its own, got each token 1-2 ms after the server yielded it; see docs/performance.md)
 
 Per token means end to end: (time from the request to the last token) / tokens, so everything
 the server adds counts, including that Gradio's event stream sends what is ready every 50 ms or
