@@ -179,7 +179,8 @@ class ForwardBatcher:
                     target=self._run_forever, args=(weakref.ref(self), self._condition), name="tokstep-forward-runner",
                     daemon=True,
                 )  # fmt: skip
-                weakref.finalize(self, self._wake, self._condition)
+                # Not at exit: the daemon thread just stops then, and nothing should wait for its lock.
+                weakref.finalize(self, self._wake, self._condition).atexit = False
                 self._runner.start()
             self._enqueue(request)
         return request
