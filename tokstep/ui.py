@@ -46,7 +46,15 @@ from tokstep.runs import (
     run_model_name,
 )
 from tokstep.sampling import SamplingSettings
-from tokstep.views import LEGEND, ViewSettings, render, step_note, token_id_of_label_key
+from tokstep.views import (
+    LEGEND,
+    TOKEN_TABLE_HEADERS,
+    TOPK_TABLE_HEADERS,
+    ViewSettings,
+    render,
+    step_note,
+    token_id_of_label_key,
+)
 
 __all__ = ["JS", "LAUNCH_OPTIONS", "ServerLimits", "create_demo"]
 
@@ -359,10 +367,10 @@ def create_demo(
             )
         with gr.Accordion("The notebook's tables", open=False, elem_id="tables"):
             token_table = gr.Dataframe(
-                headers=["position", "id", "token", "from"], label="Tokens", interactive=False, elem_id="token-table"
+                headers=TOKEN_TABLE_HEADERS, label="Tokens", interactive=False, elem_id="token-table"
             )
             topk_table = gr.Dataframe(
-                headers=["id", "token", "p"], label="Top next tokens", interactive=False, elem_id="topk-table"
+                headers=TOPK_TABLE_HEADERS, label="Top next tokens", interactive=False, elem_id="topk-table"
             )
         state = gr.State(None, time_to_live=STATE_TTL_S)
         # The session's model name, read by every event. No time to live: it is a short string,
