@@ -6,7 +6,12 @@ compute). Each client is a session of its own that speaks Gradio's queue protoco
 does (`bench.sse_client`: join, then read the server-sent events), all in one asyncio loop and
 released at the same moment; `--client gradio_client` uses a `gradio_client.Client` per client
 instead, in a thread each (heavier on the shared CPU, and its reader polls every 50 ms, which
-shows in the gaps). Per client: time to the first token,
+shows in the gaps). `--client page` makes each client a page pressing Auto-run instead (the
+page's `/autorun` event, at `--speed` tokens per second, the page's default 3): what a class of
+students in browser tabs asks of the server, each update a whole page view (token chips, top-k,
+status, tables, text) rather than /generate's small JSON. Issue 6's targets are for /generate
+at full speed; for page clients the script reports the gaps against the page's pace instead.
+Per client: time to the first token,
 the times between tokens, time to the 32nd token. Reported, median over repetitions:
 
   TTFT p50/p95       time to first token, across clients
@@ -27,6 +32,7 @@ one short call, divided by N (API sessions via /generate; page sessions via the 
     python -m bench.classroom              # 10, 30, 60 clients, 3 repetitions (about 15 minutes on 2 cores)
     python -m bench.classroom --quick      # 1 repetition
     python -m bench.classroom --smoke      # 3 clients, 8 tokens, the bundled model (the test suite's)
+    python -m bench.classroom --client page --levels 30   # 30 page Auto-runs at the page's default speed
 """
 
 from __future__ import annotations
@@ -39,8 +45,10 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -59,6 +67,9 @@ from bench.common import (
     verdict,
 )
 from bench.sse_client import fn_index, greedy_arguments, stream_outputs
+from tokstep.engine import STOP_REASON_TEXT
+from tokstep.ui import DEFAULT_SPEED
+from tokstep.views import VIEW_OUTPUTS
 
 LEVELS = (10, 30, 60)
 TOKENS = 32
@@ -71,6 +82,7 @@ TTFT_TARGET_S, GAP_TARGET_S, LAST_TARGET_S = 2.0, 0.250, 10.0
 # The page's settings as its /reset event takes them (top-k size, mode, temperature, sample top-k,
 # top-p, seed, colour prompt): only for measuring a page session's memory.
 PAGE_SETTINGS = (5, "Greedy (most likely)", 1.0, 0, 1.0, 0, False)
+PAGE_STATUS_OUTPUT = VIEW_OUTPUTS.index("status")  # the page's status line, among an update's outputs
 
 
 @dataclass
@@ -154,28 +166,59 @@ def one_client(client, barrier: threading.Barrier, tokens: int, result: ClientRe
         result.error = f"{type(error).__name__}: {error}"
 
 
+@dataclass(frozen=True)
+class Request:
+    """What a client sends, and how it reads each streamed update."""
+
+    api_name: str
+    arguments: list[Any]
+    output_index: int  # the output it reads from each update
+    stop_reason: Callable[[Any], str | None]  # that output -> why the run stopped, if it did
+
+
+def generate_request(tokens: int) -> Request:
+    """`/generate` at full speed, as an API client calls it."""
+    return Request("/generate", greedy_arguments(PROMPT, tokens), 0, lambda update: update.get("stop_reason"))
+
+
+def page_autorun_request(tokens: int, speed: float) -> Request:
+    """The page's Auto-run at `speed` tokens per second, as a browser tab sends it: the session's
+    state and model first (None: the server keeps them), then the prompt, the count, the speed
+    and the page's settings. It reads the status line, which says when and why a run stopped."""
+    arguments = [None, None, PROMPT, tokens, speed, *PAGE_SETTINGS]
+    return Request("/autorun", arguments, PAGE_STATUS_OUTPUT, page_stop_reason)
+
+
+def page_stop_reason(status: Any) -> str | None:
+    for reason, text in STOP_REASON_TEXT.items():
+        if isinstance(status, str) and f"**Stopped:** {text}" in status:
+            return reason
+    return None
+
+
 async def one_sse_client(
-    http: httpx.AsyncClient, url: str, event: int, start: asyncio.Event, tokens: int, result: ClientResult
+    http: httpx.AsyncClient, url: str, event: int, request: Request, start: asyncio.Event, result: ClientResult
 ) -> None:
     await start.wait()
     result.started = time.perf_counter()
     try:
-        async for update in stream_outputs(http, url, event, greedy_arguments(PROMPT, tokens)):
+        async for update in stream_outputs(http, url, event, request.arguments, output_index=request.output_index):
             result.arrivals.append(time.perf_counter())
-            result.stop_reason = update.get("stop_reason")
+            result.stop_reason = request.stop_reason(update)
     except Exception as error:  # QueueFullError, JobError, a dropped connection: all are outcomes
         result.error = f"{type(error).__name__}: {error}"
 
 
-def run_sse_clients(url: str, event: int, results: list[ClientResult], tokens: int, deadline_s: float) -> None:
+def run_sse_clients(url: str, request: Request, results: list[ClientResult], deadline_s: float) -> None:
     """Every client at the same moment, in one asyncio loop; a client still going at the deadline fails."""
+    event = fn_index(url, request.api_name)
 
     async def level() -> None:
         start = asyncio.Event()
         # A connection pool per client, as each student's browser has its own.
         https = [httpx.AsyncClient(timeout=httpx.Timeout(deadline_s)) for _ in results]
         tasks = [
-            asyncio.create_task(one_sse_client(http, url, event, start, tokens, result))
+            asyncio.create_task(one_sse_client(http, url, event, request, start, result))
             for http, result in zip(https, results, strict=True)
         ]
         start.set()
@@ -213,15 +256,22 @@ def run_gradio_clients(url: str, results: list[ClientResult], tokens: int, deadl
 
 
 def run_level(
-    server: BenchServer, n_clients: int, tokens: int, deadline_s: float = DEADLINE_S, client: str = "sse"
+    server: BenchServer,
+    n_clients: int,
+    tokens: int,
+    deadline_s: float = DEADLINE_S,
+    client: str = "sse",
+    speed: float | None = None,
 ) -> LevelResult:
+    """`n_clients` at once: /generate from sse or gradio_client clients, or the page's Auto-run at `speed`."""
     before = server.status()
     reset_peak(server.pid)
     results = [ClientResult() for _ in range(n_clients)]
-    if client == "sse":
-        run_sse_clients(server.url, fn_index(server.url, "/generate"), results, tokens, deadline_s)
-    else:
+    if client == "gradio_client":
         run_gradio_clients(server.url, results, tokens, deadline_s)
+    else:
+        request = page_autorun_request(tokens, speed or DEFAULT_SPEED) if client == "page" else generate_request(tokens)
+        run_sse_clients(server.url, request, results, deadline_s)
     stuck = [result for result in results if result.error and result.error.startswith("still waiting")]
     if stuck:
         # Where the server is, for whoever debugs it: its threads' stacks go to its stderr (ours).
@@ -286,7 +336,11 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: where tokstep.load puts it)")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch threads in the server")
     parser.add_argument(
-        "--client", choices=("sse", "gradio_client"), default="sse", help="how clients talk to the server (see above)"
+        "--client", choices=("sse", "gradio_client", "page"), default="sse",
+        help="how clients talk to the server (see above)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--speed", type=float, default=DEFAULT_SPEED, help="with --client page: Auto-run's tokens per second"
     )
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     args = parser.parse_args()
@@ -297,10 +351,12 @@ def main() -> None:
         args.sessions = 30 if args.quick else args.sessions
 
     print(machine_line())
-    print(
-        f"model {args.model}; each client asks /generate for {args.tokens} tokens; {repeats} repetition(s), median;"
-        f" clients: {args.client}"
+    asks = (
+        f"presses the page's Auto-run for {args.tokens} tokens at {args.speed:g} tokens/s"
+        if args.client == "page"
+        else f"asks /generate for {args.tokens} tokens"
     )
+    print(f"model {args.model}; each client {asks}; {repeats} repetition(s), median; clients: {args.client}")
     print(f"torch threads in the server: {args.torch_threads or 'torch default (one per core)'}")
     levels: dict[int, list[dict[str, float]]] = {n: [] for n in args.levels}
     with bench_server(args.model, args.device, args.torch_threads) as server:
@@ -310,7 +366,7 @@ def main() -> None:
         warm.close()
         for _ in range(repeats):
             for n in args.levels:
-                level = run_level(server, n, args.tokens, args.deadline, args.client)
+                level = run_level(server, n, args.tokens, args.deadline, args.client, args.speed)
                 stats = level.stats(args.tokens)
                 levels[n].append(stats)
                 if level.failures(args.tokens):
@@ -354,6 +410,15 @@ def main() -> None:
     page = f"{page_mib * 1024:.0f} KiB" if page_mib is not None else "n/a"
     print(f"\nmemory per idle session over {args.sessions}: API {api}, page {page}{note}")
 
+    if args.client == "page":
+        # Issue 6's targets are for /generate at full speed; a page's Auto-run waits between tokens.
+        print(f"\nthe page's pace at {args.speed:g} tokens/s: a token every {1000 / args.speed:.0f} ms")
+        for n in args.levels:
+            print(
+                f"  {n} clients: gap p50 {med(n, 'gap_p50') * 1000:.0f} ms, p95 {med(n, 'gap_p95') * 1000:.0f} ms;"
+                f" {total(n, 'refused')} refused, {total(n, 'failed')} failed"
+            )
+        return
     print(f"\nissue 6 targets ({TARGET_CLIENTS} clients, {args.tokens} tokens each):")
     if TARGET_CLIENTS in levels:
         n = TARGET_CLIENTS

@@ -59,9 +59,14 @@ def new_session_hash() -> str:
 
 
 async def stream_outputs(
-    http: httpx.AsyncClient, url: str, event: int, data: list[Any], session_hash: str | None = None
+    http: httpx.AsyncClient,
+    url: str,
+    event: int,
+    data: list[Any],
+    session_hash: str | None = None,
+    output_index: int = 0,
 ) -> AsyncIterator[Any]:
-    """Join the queue with `data` for event `event`; yield the first output of each streamed update.
+    """Join the queue with `data` for event `event`; yield output `output_index` of each streamed update.
 
     Raises QueueFullError when the server refuses the job, JobError when it ends in an error."""
     session_hash = session_hash or new_session_hash()
@@ -85,7 +90,7 @@ async def stream_outputs(
             message = json.loads(line[5:])
             kind = message.get("msg")
             if kind == "process_generating":
-                output = message["output"]["data"][0]
+                output = message["output"]["data"][output_index]
                 last = output if last is None else apply_diff(last, output)
                 yield last
             elif kind == "process_completed":

@@ -20,6 +20,9 @@ import tokstep
 # plain torch (no tokstep code past loading a model; tests/test_packed_linear.py checks what
 # packing computes); they are left out to keep the suite short.
 SCRIPTS = ("engine", "server", "classroom", "startup")
+# Each run, by name: the script and its arguments (a class of page Auto-runs besides /generate's).
+RUNS = {name: (name, ["--smoke"]) for name in SCRIPTS}
+RUNS["classroom-page"] = ("classroom", ["--smoke", "--client", "page"])
 TIMEOUT_S = 600  # a generous bound for a busy machine: a hang fails the test, slowness does not
 
 pytestmark = pytest.mark.skipif("tinystories" not in tokstep.bundled_models(), reason="needs the bundled model")
@@ -27,19 +30,19 @@ pytestmark = pytest.mark.skipif("tinystories" not in tokstep.bundled_models(), r
 
 @pytest.fixture(scope="module")
 def outputs() -> dict[str, subprocess.CompletedProcess]:
-    # One torch thread each: six processes share the cores, and idle OpenMP threads spinning
+    # One torch thread each: the runs and their servers share the cores, and idle OpenMP threads spinning
     # in one would only slow the others down.
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1", "OMP_NUM_THREADS": "1"}
     processes = {
         name: subprocess.Popen(
-            [sys.executable, "-m", f"bench.{name}", "--smoke"],
+            [sys.executable, "-m", f"bench.{script}", *arguments],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )  # fmt: skip
-        for name in SCRIPTS
+        for name, (script, arguments) in RUNS.items()
     }
     results = {}
     for name, process in processes.items():
@@ -89,3 +92,9 @@ def test_classroom_serves_every_client(outputs):
 def test_startup(outputs):
     check_ran(outputs["startup"], "target <= 10 s")
     table_row(outputs["startup"].stdout, "app.py")
+
+
+def test_a_class_of_page_auto_runs_keeps_the_pages_pace(outputs):
+    check_ran(outputs["classroom-page"], "presses the page's Auto-run", "the page's pace at 3 tokens/s")
+    clients, ok, refused, failed = table_row(outputs["classroom-page"].stdout, "3 ")[:4]
+    assert (clients, ok, refused, failed) == ("3", "3", "0", "0")
