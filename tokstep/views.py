@@ -177,5 +177,6 @@ def table(rows: list[list[Any]], headers: list[str]) -> dict[str, list]:
 
     Gradio then takes the headers from the value, so a new column (the sampling one) needs no
     new component, which it would rebuild with its whole config at every update. A dict is
-    also the form it reads fastest (a pandas DataFrame takes it 4x longer)."""
-    return {"headers": headers, "data": rows}
+    also the form it reads fastest (a pandas DataFrame takes it 4x longer). The headers are
+    copied: the value is Gradio's from here on, and the module's lists must stay as they are."""
+    return {"headers": list(headers), "data": rows}
