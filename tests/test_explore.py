@@ -67,6 +67,9 @@ def test_sampling_shows_true_probabilities_with_a_second_column(client, tiny_lm)
     view = client.predict(PROMPT, *SAMPLED, api_name="/reset")
     rows = table_rows(view[TOPK_TABLE])
     assert view[TOPK_TABLE]["headers"] == ["id", "token", "p", "p after sampling settings"]
+    # The column comes with the table's value, not as a new component (which Gradio would rebuild,
+    # whole config and all, at every update: see tokstep.views.table).
+    assert view[TOPK_TABLE].get("__type__") != "update"
     first = next(tokstep.generate_steps(tiny_lm, PROMPT, max_new_tokens=1, top_k=5))
     assert [row[0] for row in rows] == [c.token_id for c in first.top]
     assert [row[2] for row in rows] == pytest.approx([c.prob for c in first.top], abs=1e-6)  # the model's own
