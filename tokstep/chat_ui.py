@@ -107,10 +107,11 @@ def _chip(turn: ChatTurn, position: int, kind: TokenKind) -> tuple[str, str, str
     return text, f"{token_id}", PROMPT_COLOR
 
 
-def token_chips(turn: ChatTurn | None, show_template: bool) -> gr.HighlightedText:
-    """The reply's tokens; with `show_template`, every token of the conversation before them."""
+def token_chips(turn: ChatTurn | None, show_template: bool) -> dict[str, Any]:
+    """The reply's tokens; with `show_template`, every token of the conversation before them.
+    An update of the chips' value and colour map, as `tokstep.views.token_chips` gives."""
     if turn is None:
-        return gr.HighlightedText(value=[], color_map={})
+        return gr.update(value=[], color_map={})
     kinds = turn.token_kinds() if show_template else None
     start = 0 if show_template else turn.stepper.prompt_length
     entries, color_map = [], {}
@@ -118,7 +119,7 @@ def token_chips(turn: ChatTurn | None, show_template: bool) -> gr.HighlightedTex
         text, category, color = _chip(turn, position, kinds[position] if kinds else "reply")
         entries.append((text, category))
         color_map[category] = color
-    return gr.HighlightedText(value=entries, color_map=color_map)
+    return gr.update(value=entries, color_map=color_map)
 
 
 def chat_note(step: Step, turn: ChatTurn) -> str:
