@@ -190,10 +190,10 @@ def page_autorun_request(tokens: int, speed: float) -> Request:
 
 
 def page_stop_reason(status: Any) -> str | None:
-    for reason, text in STOP_REASON_TEXT.items():
-        if isinstance(status, str) and f"**Stopped:** {text}" in status:
-            return reason
-    return None
+    """Why the page's run stopped, as its status line says ("**Stopped:** ..."), or None."""
+    if not isinstance(status, str):
+        return None
+    return next((reason for reason, text in STOP_REASON_TEXT.items() if f"**Stopped:** {text}" in status), None)
 
 
 async def one_sse_client(
@@ -261,7 +261,7 @@ def run_level(
     tokens: int,
     deadline_s: float = DEADLINE_S,
     client: str = "sse",
-    speed: float | None = None,
+    speed: float = DEFAULT_SPEED,
 ) -> LevelResult:
     """`n_clients` at once: /generate from sse or gradio_client clients, or the page's Auto-run at `speed`."""
     before = server.status()
@@ -270,7 +270,7 @@ def run_level(
     if client == "gradio_client":
         run_gradio_clients(server.url, results, tokens, deadline_s)
     else:
-        request = page_autorun_request(tokens, speed or DEFAULT_SPEED) if client == "page" else generate_request(tokens)
+        request = page_autorun_request(tokens, speed) if client == "page" else generate_request(tokens)
         run_sse_clients(server.url, request, results, deadline_s)
     stuck = [result for result in results if result.error and result.error.startswith("still waiting")]
     if stuck:
