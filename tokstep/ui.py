@@ -28,6 +28,7 @@ from typing import Any
 
 import gradio as gr
 
+from tokstep.absent_modules import mark_absent
 from tokstep.api import generate_updates, model_or_error, new_stepper, number, sampling_settings, whole_number
 from tokstep.assets import JS
 from tokstep.assets import LAUNCH_OPTIONS as PAGE_OPTIONS
@@ -294,6 +295,9 @@ def create_demo(
     `lm`, and a run file made with another model loads on `lm` with a warning, as it always did;
     with it, a run file switches to its model when that is offered and is refused otherwise.
     """
+    # Gradio looks for matplotlib around every event and for polars for every table; where they
+    # are not installed, each look would scan sys.path again (see tokstep.absent_modules).
+    mark_absent()
     offers_choice = models is not None
     cache = ModelCache(allowed_models(lm.name, models or ()), loaded=[lm])
     default_model = cache.default
