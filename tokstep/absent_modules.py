@@ -9,7 +9,8 @@ busy time there (docs/performance.md, "Server").
 
 `sys.modules[name] = None` is Python's own record of "this module cannot be imported": an
 import of it then raises ImportError at once, and `importlib.util.find_spec` returns None, as
-they would after the full search. A package that is installed is never marked.
+they would after the full search. A package that is installed is never marked; one installed
+later, while the server runs, can be imported only after it restarts.
 """
 
 from __future__ import annotations
