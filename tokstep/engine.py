@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal, NamedTuple
 
 import torch
+from transformers.cache_utils import Cache
 
 from tokstep.batching import ForwardRequest, ForwardResult
 from tokstep.distribution import NextTokenSummary, logits_to_probs
@@ -221,9 +222,13 @@ class TokenStepper:
         else:
             # Queued and awaited in one step: this thread leads its own pass when none runs, with
             # no hand-over to the runner thread and back (submit, then wait, would allow one).
-            pending = self.ids[self._cached :]  # the whole prompt at first, then one token
-            self._take(self.lm.batcher.forward(pending, self._cache, self._cached, sequence=id(self)))
+            self._take(self.lm.batcher.forward(*self._pending_pass(), sequence=id(self)))
         return self._next
+
+    def _pending_pass(self) -> tuple[list[int], Cache | None, int]:
+        """The pass the next distribution needs, as the batcher takes it: the ids not yet in the
+        KV cache (the whole prompt at first, then one token), the cache, and its length."""
+        return self.ids[self._cached :], self._cache, self._cached
 
     @property
     def _next_is_current(self) -> bool:
@@ -251,9 +256,7 @@ class TokenStepper:
             return
         with self._lock:
             if self._prefetched is None and not self._next_is_current:
-                self._prefetched = self.lm.batcher.submit(
-                    self.ids[self._cached :], self._cache, self._cached, sequence=id(self)
-                )
+                self._prefetched = self.lm.batcher.submit(*self._pending_pass(), sequence=id(self))
 
     def drop_prefetch(self) -> None:
         """Withdraw a prefetched pass that no step will read (the run was stopped). A pass already
