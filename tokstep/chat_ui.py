@@ -23,11 +23,11 @@ from tokstep.api import number, sampling_settings, whole_number
 from tokstep.assets import PROMPT_COLOR, RANK_COLORS
 from tokstep.chat import NO_TEMPLATE_MESSAGE as NO_TEMPLATE
 from tokstep.chat import ChatError, ChatSession, ChatTurn, TokenKind, has_chat_template
-from tokstep.engine import Step, rank_bucket
+from tokstep.engine import Step
 from tokstep.loading import LanguageModel
 from tokstep.sampling import SamplingSettings
 from tokstep.tokens import visible_whitespace
-from tokstep.views import CHOSEN_MARK, inline_code, label_key, step_note, token_id_of_label_key
+from tokstep.views import chips_update, generated_chip, inline_code, label_key, step_note, token_id_of_label_key
 
 __all__ = ["add_chat"]
 
@@ -96,10 +96,10 @@ def _chip(turn: ChatTurn, position: int, kind: TokenKind) -> tuple[str, str, str
     text = visible_whitespace(turn.lm.texts.text(token_id))
     if position >= turn.stepper.prompt_length:
         step = turn.stepper.steps[position - turn.stepper.prompt_length]
-        category = f"+{token_id} · #{step.rank}{CHOSEN_MARK[step.chosen_by]}"
+        category, color = generated_chip(token_id, step)
         if token_id in turn.end_ids:
             category += " · end of turn"
-        return text, category, RANK_COLORS[rank_bucket(step.rank)]
+        return text, category, color
     if kind == "special":
         return text, f"{token_id} · special", SPECIAL_COLOR
     if kind == "template":
@@ -109,17 +109,14 @@ def _chip(turn: ChatTurn, position: int, kind: TokenKind) -> tuple[str, str, str
 
 def token_chips(turn: ChatTurn | None, show_template: bool) -> dict[str, Any]:
     """The reply's tokens; with `show_template`, every token of the conversation before them.
-    An update of the chips' value and colour map, as `tokstep.views.token_chips` gives."""
+    An update of the chips' value and colour map, as on the main page (`tokstep.views.chips_update`)."""
     if turn is None:
-        return gr.update(value=[], color_map={})
+        return chips_update([])
     kinds = turn.token_kinds() if show_template else None
     start = 0 if show_template else turn.stepper.prompt_length
-    entries, color_map = [], {}
-    for position in range(start, len(turn.stepper.ids)):
-        text, category, color = _chip(turn, position, kinds[position] if kinds else "reply")
-        entries.append((text, category))
-        color_map[category] = color
-    return gr.update(value=entries, color_map=color_map)
+    return chips_update(
+        _chip(turn, position, kinds[position] if kinds else "reply") for position in range(start, len(turn.stepper.ids))
+    )
 
 
 def chat_note(step: Step, turn: ChatTurn) -> str:

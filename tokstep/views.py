@@ -8,6 +8,7 @@ the two tables of the notebook, and the text so far.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,18 +73,33 @@ def token_id_of_label_key(key: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def token_chips(stepper: TokenStepper | None, score_prompt: bool) -> dict[str, Any]:
-    """Every token with its id. Generated tokens carry `+`, their rank, how they were chosen,
-    and a colour for the rank; prompt tokens too when `score_prompt` is on.
+def chips_update(chips: Iterable[tuple[str, str, str]]) -> dict[str, Any]:
+    """The token chips' gr.HighlightedText update from each chip's (text, label, colour).
 
-    An update of the chips' gr.HighlightedText (its value and colour map), not a new component:
-    each chip's label is a category of the colour map, so the map grows with every token, and
-    Gradio builds the updated component itself (building one here too cost 0.5 ms an update)."""
-    if stepper is None:
-        return gr.update(value=[], color_map={})
-    texts = stepper.lm.texts
+    An update (value and colour map), not a new component: each chip's label is a category of
+    the colour map, so the map grows with every token, and Gradio builds the updated component
+    itself (building one here too cost 0.5 ms an update). The page and the chat tab both use it."""
     entries: list[tuple[str, str]] = []
     color_map: dict[str, str] = {}
+    for text, category, color in chips:
+        entries.append((text, category))
+        color_map[category] = color
+    return gr.update(value=entries, color_map=color_map)
+
+
+def generated_chip(token_id: int, step: Step) -> tuple[str, str]:
+    """A generated token's chip label and colour: "+286 · #1" (its id and rank, and how it was
+    chosen when not greedily), coloured by the rank's band."""
+    return f"+{token_id} · #{step.rank}{CHOSEN_MARK[step.chosen_by]}", RANK_COLORS[rank_bucket(step.rank)]
+
+
+def token_chips(stepper: TokenStepper | None, score_prompt: bool) -> dict[str, Any]:
+    """Every token with its id. Generated tokens carry `+`, their rank, how they were chosen,
+    and a colour for the rank; prompt tokens too when `score_prompt` is on."""
+    if stepper is None:
+        return chips_update([])
+    texts = stepper.lm.texts
+    chips: list[tuple[str, str, str]] = []
     scores = stepper.prompt_scores() if score_prompt else None
     for position, token_id in enumerate(stepper.ids):
         if position < stepper.prompt_length:
@@ -91,12 +107,9 @@ def token_chips(stepper: TokenStepper | None, score_prompt: bool) -> dict[str, A
             category = f"{token_id}" if rank is None else f"{token_id} · #{rank}"
             color = PROMPT_COLOR if rank is None else RANK_COLORS[rank_bucket(rank)]
         else:
-            step = stepper.steps[position - stepper.prompt_length]
-            category = f"+{token_id} · #{step.rank}{CHOSEN_MARK[step.chosen_by]}"
-            color = RANK_COLORS[rank_bucket(step.rank)]
-        entries.append((visible_whitespace(texts.text(token_id)), category))
-        color_map[category] = color
-    return gr.update(value=entries, color_map=color_map)
+            category, color = generated_chip(token_id, stepper.steps[position - stepper.prompt_length])
+        chips.append((visible_whitespace(texts.text(token_id)), category, color))
+    return chips_update(chips)
 
 
 def step_note(step: Step) -> str:
