@@ -73,6 +73,24 @@ def test_a_runs_next_pass_runs_while_the_caller_holds_the_token(tiny_lm):
     assert batcher.passes == passes + 2
 
 
+def test_the_runner_thread_sleeps_while_sequences_lead_their_own_passes(tiny_lm):
+    """Each wake-up of the runner takes the GIL from the pass that is running. A step that asks for
+    its pass and waits for it leads that pass itself, so it must not wake the runner; a prefetching
+    run wakes it at most once per pass it hands over."""
+    batcher = tiny_lm.batcher
+    assert len(list(tokstep.generate_steps(tiny_lm, PROMPTS[0], max_new_tokens=3))) == 3  # the runner exists
+    wait_until(lambda: batcher.waiting == 0)
+    wakeups = batcher.runner_wakeups
+    stepper = TokenStepper.from_text(tiny_lm, PROMPTS[1])
+    for _ in range(8):
+        stepper.step(5)  # no prefetch: each step runs its own pass
+    assert batcher.runner_wakeups == wakeups
+    passes = batcher.passes
+    assert len(list(tokstep.generate_steps(tiny_lm, PROMPTS[2], max_new_tokens=8))) == 8
+    assert batcher.passes - passes == 8
+    assert 0 < batcher.runner_wakeups - wakeups <= 7  # the prompt's pass is led by the caller
+
+
 def test_the_last_step_of_a_run_queues_nothing(tiny_lm):
     passes = tiny_lm.batcher.passes
     steps = list(tokstep.generate_steps(tiny_lm, PROMPTS[1], max_new_tokens=3))

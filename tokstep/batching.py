@@ -124,7 +124,17 @@ class ForwardBatcher:
         self.max_batch = max_batch
         # Also taken by other code that runs the model (e.g. scoring a prompt).
         self.forward_lock = forward_lock
-        self._condition = threading.Condition()
+        # Where the model takes its inputs: read once, since `model.device` walks its parameters.
+        self._device = model.device
+        # One lock guards the queue and the counters below. Threads sleep on one of three
+        # conditions of it, so that a wake-up goes only to a thread with something to do: with
+        # one condition, each request woke the runner thread twice (a lone user's every token),
+        # and in a class every arrival woke every thread waiting for the running pass. Each
+        # wake-up takes the GIL from the pass.
+        self._lock = threading.RLock()
+        self._pass_ended = threading.Condition(self._lock)  # threads in `wait` while a pass runs
+        self._arrived = threading.Condition(self._lock)  # a leader gathering its batch (see _gather)
+        self._runner_needed = threading.Condition(self._lock)  # the runner: requests queued, nobody to lead
         self._queue: list[ForwardRequest] = []
         self._running = False  # a thread is leading a pass
         self._waiters = 0  # threads in `wait`: one of them leads the next pass
@@ -138,7 +148,7 @@ class ForwardBatcher:
         # the very thread it was to overlap with, and waits for it each time. On an H200 (GPT-2
         # small, one client streaming /generate) the median time between tokens was 13.4 ms with
         # prefetching and 5.7-8.3 ms without; see docs/performance.md, "GPU". Tests may set it.
-        self.prefetches_alone = model.device.type == "cpu"
+        self.prefetches_alone = self._device.type == "cpu"
         self._last_arrival = 0.0  # when the newest request was queued (monotonic seconds)
         # Prompts can share a pass when the model's own cache is plain DynamicLayers, which
         # padding can line up (not sliding windows, not recurrent state).
@@ -151,6 +161,7 @@ class ForwardBatcher:
         self.largest_batch = 0
         self.pass_seconds = 0.0  # wall time spent in those passes
         self.reused_batches = 0  # decode passes that took the last pass's cache as it was
+        self.runner_wakeups = 0  # times the runner thread woke up (each takes the GIL from whoever runs)
         self._last_rows: dict[Hashable, tuple[int, int]] = {}  # sequence -> (row, first real position)
         self._last_length = 0  # positions in the last batch's cache, padding included
 
@@ -160,8 +171,8 @@ class ForwardBatcher:
         `sequence` names who asks (the same for each step of one sequence), so that the next
         pass can wait a moment for sequences that stepped in the last ones (see _gather)."""
         request = self._request(ids, cache, cached, sequence)
-        with self._condition:  # queued and waited for in one hold: the runner leaves it to this thread
-            self._enqueue(request)
+        with self._lock:  # queued and waited for in one hold: the runner leaves it to this thread
+            self._enqueue(request, caller_waits=True)
             return self._await(request)
 
     def submit(self, ids: Sequence[int], cache: Cache | None, cached: int, sequence: Hashable = None) -> ForwardRequest:
@@ -171,46 +182,55 @@ class ForwardBatcher:
         the batcher's runner thread does, so the pass runs while the caller does other work.
         `cache` is extended in place by that pass: its owner must not touch it until `wait`."""
         request = self._request(ids, cache, cached, sequence)
-        with self._condition:
+        with self._lock:
             if self._runner is None:
                 # The thread holds the batcher weakly, so a model nobody uses any more is freed;
                 # the finalizer then wakes the thread, which ends.
                 self._runner = threading.Thread(
-                    target=self._run_forever, args=(weakref.ref(self), self._condition), name="tokstep-forward-runner",
+                    target=self._run_forever,
+                    args=(weakref.ref(self), self._runner_needed),
+                    name="tokstep-forward-runner",
                     daemon=True,
-                )  # fmt: skip
+                )
                 # Not at exit: the daemon thread just stops then, and nothing should wait for its lock.
-                weakref.finalize(self, self._wake, self._condition).atexit = False
+                weakref.finalize(self, self._wake, self._runner_needed).atexit = False
                 self._runner.start()
-            self._enqueue(request)
+            self._enqueue(request, caller_waits=False)
         return request
 
-    def _enqueue(self, request: ForwardRequest) -> None:
-        """Queue `request` (the condition held) and wake whoever may take it: a gathering leader,
-        or the runner."""
+    def _enqueue(self, request: ForwardRequest, caller_waits: bool) -> None:
+        """Queue `request` (the lock held) and wake whoever may take it: a gathering leader, or,
+        unless the caller is about to wait for it (and so lead its pass), the runner."""
         self._queue.append(request)
         self._last_arrival = time.monotonic()
-        self._condition.notify_all()
+        self._arrived.notify_all()
+        if not caller_waits:
+            self._call_runner_if_needed()
+
+    def _call_runner_if_needed(self) -> None:
+        """Wake the runner (the lock held) when requests are queued and no thread will lead their
+        pass: none is running, and no thread waits in `wait` (one of those would lead it)."""
+        if self._queue and not self._running and self._waiters == 0:
+            self._runner_needed.notify()
 
     def wait(self, request: ForwardRequest) -> ForwardResult:
         """The submitted request's result, once a pass has run it; this thread leads the pass when
         none is running. Raises what the pass raised."""
-        with self._condition:
+        with self._lock:
             return self._await(request)
 
     def _await(self, request: ForwardRequest) -> ForwardResult:
-        """`wait`, with the condition held once (`_lead` releases it during the pass)."""
+        """`wait`, with the lock held once (`_lead` releases it during the pass)."""
         self._waiters += 1
         try:
             while not request.done:
                 if self._running:
-                    self._condition.wait()
+                    self._pass_ended.wait()
                 else:
                     self._lead()
         finally:
             self._waiters -= 1
-            if self._queue and not self._running:
-                self._condition.notify_all()  # requests nobody waits for: the runner takes them
+            self._call_runner_if_needed()  # requests nobody waits for: the runner takes them
         if request.error is not None:
             raise request.error
         assert request.result is not None
@@ -219,14 +239,18 @@ class ForwardBatcher:
     @staticmethod
     def _run_forever(batcher_ref: weakref.ref[ForwardBatcher], condition: threading.Condition) -> None:
         """The runner thread: leads a pass whenever requests are queued and no waiting thread will;
-        ends once its batcher is gone."""
+        ends once its batcher is gone. `condition` is the batcher's `_runner_needed`."""
         with condition:
+            woken = False
             while (batcher := batcher_ref()) is not None:
+                batcher.runner_wakeups += woken
+                woken = False
                 if batcher._queue and not batcher._running and batcher._waiters == 0:
                     batcher._lead()
                 else:
                     del batcher  # not held while asleep: the batcher may be freed meanwhile
                     condition.wait()
+                    woken = True
 
     @staticmethod
     def _wake(condition: threading.Condition) -> None:
@@ -235,23 +259,23 @@ class ForwardBatcher:
             condition.notify_all()
 
     def _lead(self) -> None:
-        """Run the next pass from this thread (called with the condition held; released meanwhile)."""
-        condition = self._condition
+        """Run the next pass from this thread (called with the lock held; released meanwhile)."""
         self._running = True
-        condition.release()
+        self._lock.release()
         try:
             # The batch is taken once the model is free, so requests that arrive while anything
             # else runs on it (another pass, a prompt being scored) join it.
             with self.forward_lock, torch.inference_mode():
-                with condition:
+                with self._lock:
                     self._gather()
                     batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
                 self._run(batch)
                 self._remember(batch)
         finally:
-            condition.acquire()
+            self._lock.acquire()
             self._running = False
-            condition.notify_all()
+            self._pass_ended.notify_all()  # their requests are answered, or one of them leads next
+            self._call_runner_if_needed()
 
     @staticmethod
     def _request(ids: Sequence[int], cache: Cache | None, cached: int, sequence: Hashable) -> ForwardRequest:
@@ -260,14 +284,14 @@ class ForwardBatcher:
     def cancel(self, request: ForwardRequest) -> bool:
         """Take a submitted request back out of the queue; False when a pass has taken it already
         (it then runs to its end, and its result is simply not read)."""
-        with self._condition:
+        with self._lock:
             if request in self._queue:
                 self._queue.remove(request)
                 return True
             return False
 
     def _gather(self) -> None:
-        """Wait briefly (the condition held) for sequences that stepped in the last passes.
+        """Wait briefly (the lock held) for sequences that stepped in the last passes.
 
         Without this, a class splits in two halves that take turns: while one half's pass
         runs, the other half queues, so each pass serves half the class and every token
@@ -283,12 +307,12 @@ class ForwardBatcher:
             now = time.monotonic()
             missing = expected - {request.sequence for request in self._queue}
             if missing and now < deadline:
-                self._condition.wait(deadline - now)
+                self._arrived.wait(deadline - now)
                 continue
             # Prompts in the queue: let a burst of arrivals (a class starting) finish first.
             quiet_at = self._last_arrival + ARRIVAL_QUIET_S
             if now < min(quiet_at, prompt_deadline) and any(request.cache is None for request in self._queue):
-                self._condition.wait(min(quiet_at, prompt_deadline) - now)
+                self._arrived.wait(min(quiet_at, prompt_deadline) - now)
                 continue
             return
 
@@ -300,7 +324,7 @@ class ForwardBatcher:
             self._last_pass_s = max(result.forward_ms for result in results) / 1000.0
         # Expected back within a few passes (each sequence's own work between steps included).
         self._recent_window_s = RECENT_PASSES * self._last_pass_s + RECENT_SLACK_S
-        with self._condition:
+        with self._lock:
             for request in batch:
                 self._recent[request.sequence] = now
             for sequence, seen in list(self._recent.items()):
@@ -312,13 +336,13 @@ class ForwardBatcher:
         a CPU; elsewhere only when other sequences stepped in the last passes."""
         if self.prefetches_alone:
             return True
-        with self._condition:
+        with self._lock:
             return any(other != sequence for other in self._recent)
 
     @property
     def waiting(self) -> int:
         """Requests queued for the next pass."""
-        with self._condition:
+        with self._lock:
             return len(self._queue)
 
     def _run(self, batch: list[ForwardRequest]) -> None:
@@ -355,7 +379,7 @@ class ForwardBatcher:
 
     def _forward_one(self, request: ForwardRequest) -> None:
         """One sequence: a prompt, a re-read, or a step whose cache cannot be padded."""
-        pending = torch.tensor([request.ids], device=self.model.device)  # (1, T_new)
+        pending = torch.tensor([request.ids], device=self._device)  # (1, T_new)
         started = time.perf_counter()
         # Only the last position's logits are needed: (1, 1, vocab).
         output = self.model(input_ids=pending, cache=request.cache, use_cache=True, logits_to_keep=1)
@@ -373,7 +397,7 @@ class ForwardBatcher:
         prompts = [list(ids) for ids in row_of]  # one per row, in row order
         lengths = [len(ids) for ids in prompts]
         longest, batch_size = max(lengths), len(prompts)
-        device = self.model.device
+        device = self._device
         # Padding takes id 0 (any id would do: it is masked out and never cached).
         input_ids = torch.zeros((batch_size, longest), dtype=torch.long, device=device)  # (B, longest)
         attention_mask = torch.zeros((batch_size, longest), dtype=torch.long, device=device)
@@ -398,7 +422,7 @@ class ForwardBatcher:
             padded = self._padded_cache(requests)
         lengths = [request.cached for request in requests]
         longest, batch_size = max(lengths), len(requests)
-        device = self.model.device
+        device = self._device
         input_ids = torch.tensor([request.ids for request in requests], device=device)  # (B, 1)
         # Each row's own position: absolute position embeddings (GPT-2) and rotary ones alike.
         position_ids = torch.tensor([[length] for length in lengths], device=device)  # (B, 1)
