@@ -62,3 +62,28 @@ def test_a_busy_sequence_is_not_released(lm_with_three_warm):
 def test_capacity_must_be_positive():
     with pytest.raises(ValueError, match="at least 1"):
         WarmSet(capacity=0)
+
+
+class Sequence:
+    """Anything with `release` can be kept warm; this one records that it was released."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.released = False
+
+    def release(self, blocking: bool = True) -> bool:
+        self.released = True
+        return True
+
+
+def test_using_a_sequence_again_makes_it_the_most_recent():
+    warm = WarmSet(capacity=3)
+    a, b, c, d = (Sequence(name) for name in "abcd")
+    for sequence in (a, b, c, a, a):  # a is used again: b is now the least recently used
+        warm.touch(sequence)
+    assert len(warm) == 3
+    warm.touch(d)
+    assert [s.released for s in (a, b, c, d)] == [False, True, False, False]
+    assert len(warm) == 3
+    warm.touch(b)  # b comes back (it reads its sequence again): c is now the oldest
+    assert c.released and len(warm) == 3

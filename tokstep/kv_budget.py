@@ -10,6 +10,7 @@ its whole sequence again (one prefill) when it is used next, so nothing is lost.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import weakref
 from collections import OrderedDict
@@ -40,10 +41,12 @@ class WarmSet:
         """`sequence` just used its cache: make it the most recent; cool down the oldest."""
         key = id(sequence)
         with self._lock:
-            self._order.pop(key, None)
-            self._order[key] = weakref.ref(sequence, lambda _ref, key=key: self._forget(key))
-            excess = [key for key in list(self._order)[: max(0, len(self._order) - self.capacity)]]
-            candidates = [(key, self._order[key]) for key in excess]
+            known = self._order.get(key)
+            if known is None or known() is not sequence:  # new, or a dead sequence's id reused
+                self._order[key] = weakref.ref(sequence, lambda _ref, key=key: self._forget(key))
+            self._order.move_to_end(key)  # every step touches: no new weakref, no copy of the order
+            excess = len(self._order) - self.capacity
+            candidates = list(itertools.islice(self._order.items(), excess)) if excess > 0 else []
         for old_key, ref in candidates:
             old = ref()
             # A sequence busy in another thread is not idle: skip it (never wait on its lock).
