@@ -4,6 +4,7 @@ folder, and a real launched tokstep server. No test touches the network."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -30,6 +31,8 @@ CHROMIUM = os.environ.get("TOKSTEP_CHROMIUM", "/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]
 # What the browser tests saw, kept for people to look at.
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
+# What a failed browser test's tabs showed when it failed (CI keeps test-artifacts/).
+FAILURES = ROOT / "test-artifacts" / "failures"
 
 
 @pytest.fixture(scope="session")
@@ -101,6 +104,40 @@ def server_url(tiny_lm: LanguageModel) -> Iterator[str]:
 
     with serving(create_demo(tiny_lm)) as url:
         yield url
+
+
+def save_open_tabs(browser, name: str, folder: Path = FAILURES) -> Path:
+    """Screenshot every tab open in `browser` as `folder`/`name`-N.png and list them, with each
+    tab's address, in `folder`/`name`.txt (returned). A tab that cannot be captured within 5 s
+    (its page busy or hung, which is worth knowing too) is listed with the reason."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for number, tab in enumerate((tab for context in browser.contexts for tab in context.pages), start=1):
+        path = folder / f"{name}-{number}.png"
+        try:
+            tab.screenshot(path=str(path), full_page=True, timeout=5000)
+            lines.append(f"{path.name}: {tab.url}")
+        except Exception as error:  # noqa: BLE001 (evidence for a failure must not replace it)
+            lines.append(f"tab {number} ({tab.url}): no screenshot: {type(error).__name__}: {error}".splitlines()[0])
+    listing = folder / f"{name}.txt"
+    listing.write_text("\n".join(lines or ["no tab was open"]) + "\n")
+    return listing
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """When a test that drives the browser fails, keep what its tabs showed (before its fixtures
+    close them): a failure seen once in CI can then be looked at."""
+    outcome = yield
+    report = outcome.get_result()
+    browser = getattr(item, "funcargs", {}).get("browser") if report.when == "call" and report.failed else None
+    if browser is None:
+        return
+    try:
+        listing = save_open_tabs(browser, re.sub(r"[^\w.-]+", "_", item.nodeid))
+        report.sections.append(("browser tabs at the failure", f"{listing}:\n{listing.read_text()}"))
+    except Exception as error:  # noqa: BLE001 (the test's own failure is what gets reported)
+        report.sections.append(("browser tabs at the failure", f"not saved: {type(error).__name__}: {error}"))
 
 
 @pytest.fixture(scope="session")
