@@ -28,6 +28,15 @@ def labels_of(lm, prompt: str, steps: int, sampling=None) -> list[str]:
     return [str(i) for i in prompt_ids] + [f"+{s.token_id} · #{s.rank}{mark}" for s in run]
 
 
+def wait_for_labels(chips, expected: list[str], timeout: float) -> None:
+    """Until `chips` read `expected`: what a reader sees, not only how many there are (a count
+    reached while the frame is still rendering can be followed by a read of none)."""
+    deadline = time.monotonic() + timeout
+    while (seen := chips.all_text_contents()) != expected and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert seen == expected
+
+
 def open_page(tab, url: str, count: int) -> list[str]:
     tab.goto(url)
     tab.wait_for_selector("#tokens .token")
@@ -117,20 +126,16 @@ def docs_server():
 def test_the_demo_steps_inside_the_embed_pages_iframe(tab, docs_server, server_url, tiny_lm):
     assert Path(ROOT / "docs" / "embed.html").exists()
     # The web component's script comes from a CDN the tests cannot reach: only the iframe is checked.
-    tab.route("https://gradio.s3-us-west-2.amazonaws.com/**", lambda route: route.abort())
+    # Nor can the page's placeholder Space be reached, which the frame names until ?src= replaces it.
+    for unreachable in ("https://gradio.s3-us-west-2.amazonaws.com/**", "https://YOUR-NAME-tokstep.hf.space/**"):
+        tab.route(unreachable, lambda route: route.abort())
     tab.goto(f"{docs_server}embed.html?src={quote(server_url)}")
     frame = tab.frame_locator("#tokstep-frame")
     expected = labels_of(tiny_lm, "Once upon a time", 4)
     chips = frame.locator("#tokens .token .label")
-    deadline = time.monotonic() + 60
-    while chips.count() != len(expected) - 1 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert chips.all_text_contents() == expected[:-1]  # the preset in the iframe's link: 3 tokens
+    wait_for_labels(chips, expected[:-1], timeout=60)  # the preset in the iframe's link: 3 tokens
     frame.locator("#step").click()
-    deadline = time.monotonic() + 15
-    while chips.count() != len(expected) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert chips.all_text_contents() == expected
+    wait_for_labels(chips, expected, timeout=15)
     # Copy link inside the iframe links to the demo itself, not to the page around it.
     frame.locator("#copy-link").click()
     link_box = frame.locator("#link textarea")
