@@ -28,15 +28,6 @@ def labels_of(lm, prompt: str, steps: int, sampling=None) -> list[str]:
     return [str(i) for i in prompt_ids] + [f"+{s.token_id} · #{s.rank}{mark}" for s in run]
 
 
-def wait_for_labels(chips, expected: list[str], timeout: float) -> None:
-    """Until `chips` read `expected`: what a reader sees, not only how many there are (a count
-    reached while the frame is still rendering can be followed by a read of none)."""
-    deadline = time.monotonic() + timeout
-    while (seen := chips.all_text_contents()) != expected and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert seen == expected
-
-
 def open_page(tab, url: str, count: int) -> list[str]:
     tab.goto(url)
     tab.wait_for_selector("#tokens .token")
@@ -132,10 +123,10 @@ def test_the_demo_steps_inside_the_embed_pages_iframe(tab, docs_server, server_u
     tab.goto(f"{docs_server}embed.html?src={quote(server_url)}")
     frame = tab.frame_locator("#tokstep-frame")
     expected = labels_of(tiny_lm, "Once upon a time", 4)
-    chips = frame.locator("#tokens .token .label")
-    wait_for_labels(chips, expected[:-1], timeout=60)  # the preset in the iframe's link: 3 tokens
+    # wait_for_count returns the labels it counted: no second read that could catch a re-render.
+    assert wait_for_count(frame, len(expected) - 1, timeout=60) == expected[:-1]  # the link's preset: 3 tokens
     frame.locator("#step").click()
-    wait_for_labels(chips, expected, timeout=15)
+    assert wait_for_count(frame, len(expected)) == expected
     # Copy link inside the iframe links to the demo itself, not to the page around it.
     frame.locator("#copy-link").click()
     link_box = frame.locator("#link textarea")
