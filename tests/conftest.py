@@ -58,8 +58,10 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, gpt2_tokenizer: GPT
 
 @pytest.fixture(scope="session")
 def tiny_lm(tiny_model_dir: Path) -> LanguageModel:
-    """The tiny model loaded through tokstep's own loader, as the app loads any local folder."""
-    return tokstep.load(str(tiny_model_dir))
+    """The tiny model loaded through tokstep's own loader, as the app loads any local folder, on the
+    CPU in fp32 wherever the suite runs: tests compare it with fp32 arithmetic on CPU tensors
+    (tests/test_gpu.py checks the GPU and its half type)."""
+    return tokstep.load(str(tiny_model_dir), device_map="cpu")
 
 
 def token_labels(page) -> list[str]:

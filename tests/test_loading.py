@@ -11,13 +11,16 @@ import tokstep
 from tokstep.loading import check_hub
 
 
-def test_a_local_folder_loads_in_eval_mode_fp32_on_cpu(tiny_lm, tiny_model_dir):
-    assert tiny_lm.name == str(tiny_model_dir)
-    assert not tiny_lm.model.training
-    assert tiny_lm.model.dtype == torch.float32
-    assert tiny_lm.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert tiny_lm.context_length == tiny_lm.model.config.n_positions
-    assert tiny_lm.eos_token_ids == {tiny_lm.tokenizer.eos_token_id}
+def test_a_local_folder_loads_in_eval_mode_in_fp32_on_a_cpu_and_a_half_type_on_a_gpu(tiny_model_dir):
+    lm = tokstep.load(str(tiny_model_dir))
+    assert lm.name == str(tiny_model_dir)
+    assert not lm.model.training
+    if torch.cuda.is_available():
+        assert lm.device.type == "cuda" and lm.model.dtype in (torch.bfloat16, torch.float16)
+    else:
+        assert lm.device.type == "cpu" and lm.model.dtype == torch.float32
+    assert lm.context_length == lm.model.config.n_positions
+    assert lm.eos_token_ids == {lm.tokenizer.eos_token_id}
 
 
 def test_an_unknown_model_name_fails_fast_with_advice(monkeypatch):

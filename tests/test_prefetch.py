@@ -194,6 +194,26 @@ def test_a_lone_sequence_prefetches_on_the_cpu_and_not_on_other_devices(tiny_lm)
     assert not ForwardBatcher(elsewhere, threading.Lock()).prefetches_alone
 
 
+def test_a_model_moved_after_its_batcher_was_made_is_fed_where_it_is_now(tiny_lm):
+    # As `lm.model.to("cuda")` after loading would move it; "meta" stands in for the GPU.
+    model = GPT2LMHeadModel(tiny_lm.model.config)
+    batcher = ForwardBatcher(model, threading.Lock())
+    assert batcher.prefetches_alone
+    model.to("meta")
+    assert not batcher.prefetches_alone
+
+    class Fed(Exception):
+        """Stops the pass once the embedding has seen its input (a meta model computes nothing)."""
+
+    def stop_at_the_embedding(module, args):
+        raise Fed(args[0].device.type)
+
+    model.get_input_embeddings().register_forward_pre_hook(stop_at_the_embedding)
+    with pytest.raises(Fed) as fed:
+        batcher.forward([5, 17, 3], None, 0)
+    assert fed.value.args == ("meta",)
+
+
 @pytest.fixture
 def accelerator_like_lm(tiny_lm, monkeypatch):
     """tiny_lm with a batcher of its own that behaves as on an accelerator: a lone sequence does not

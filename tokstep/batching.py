@@ -124,8 +124,6 @@ class ForwardBatcher:
         self.max_batch = max_batch
         # Also taken by other code that runs the model (e.g. scoring a prompt).
         self.forward_lock = forward_lock
-        # Where the model takes its inputs: read once, since `model.device` walks its parameters.
-        self._device = model.device
         # One lock guards the queue and the counters below. Threads sleep on one of three
         # conditions of it, so that a wake-up goes only to a thread with something to do: with
         # one condition, each request woke the runner thread twice (a lone user's every token),
@@ -147,8 +145,9 @@ class ForwardBatcher:
         # kernel launch of microseconds, so the pass takes the GIL back hundreds of times from
         # the very thread it was to overlap with, and waits for it each time. On an H200 (GPT-2
         # small, one client streaming /generate) the median time between tokens was 13.4 ms with
-        # prefetching and 5.7-8.3 ms without; see docs/performance.md, "GPU". Tests may set it.
-        self.prefetches_alone = self._device.type == "cpu"
+        # prefetching and 5.7-8.3 ms without; see docs/performance.md, "GPU". None: decided by
+        # where the model is at each step (it may be moved after loading); tests may set it.
+        self._prefetches_alone: bool | None = None
         self._last_arrival = 0.0  # when the newest request was queued (monotonic seconds)
         # Prompts can share a pass when the model's own cache is plain DynamicLayers, which
         # padding can line up (not sliding windows, not recurrent state).
@@ -331,6 +330,17 @@ class ForwardBatcher:
                 if now - seen > self._recent_window_s:
                     del self._recent[sequence]
 
+    @property
+    def prefetches_alone(self) -> bool:
+        """Whether a lone sequence queues its next pass ahead: on a CPU, unless set otherwise."""
+        if self._prefetches_alone is not None:
+            return self._prefetches_alone
+        return self.model.device.type == "cpu"
+
+    @prefetches_alone.setter
+    def prefetches_alone(self, value: bool) -> None:
+        self._prefetches_alone = value
+
     def should_prefetch(self, sequence: Hashable) -> bool:
         """Whether `sequence` should queue its next pass ahead (see `prefetches_alone`): always on
         a CPU; elsewhere only when other sequences stepped in the last passes."""
@@ -379,7 +389,7 @@ class ForwardBatcher:
 
     def _forward_one(self, request: ForwardRequest) -> None:
         """One sequence: a prompt, a re-read, or a step whose cache cannot be padded."""
-        pending = torch.tensor([request.ids], device=self._device)  # (1, T_new)
+        pending = torch.tensor([request.ids], device=self.model.device)  # (1, T_new)
         started = time.perf_counter()
         # Only the last position's logits are needed: (1, 1, vocab).
         output = self.model(input_ids=pending, cache=request.cache, use_cache=True, logits_to_keep=1)
@@ -397,7 +407,7 @@ class ForwardBatcher:
         prompts = [list(ids) for ids in row_of]  # one per row, in row order
         lengths = [len(ids) for ids in prompts]
         longest, batch_size = max(lengths), len(prompts)
-        device = self._device
+        device = self.model.device
         # Padding takes id 0 (any id would do: it is masked out and never cached).
         input_ids = torch.zeros((batch_size, longest), dtype=torch.long, device=device)  # (B, longest)
         attention_mask = torch.zeros((batch_size, longest), dtype=torch.long, device=device)
@@ -422,7 +432,7 @@ class ForwardBatcher:
             padded = self._padded_cache(requests)
         lengths = [request.cached for request in requests]
         longest, batch_size = max(lengths), len(requests)
-        device = self._device
+        device = self.model.device
         input_ids = torch.tensor([request.ids for request in requests], device=device)  # (B, 1)
         # Each row's own position: absolute position embeddings (GPT-2) and rotary ones alike.
         position_ids = torch.tensor([[length] for length in lengths], device=device)  # (B, 1)
