@@ -13,6 +13,7 @@ from test_batching import PROMPTS  # prompts of different lengths, so that batch
 
 import tokstep
 from tokstep.loading import LanguageModel
+from tokstep.packed_linear import PackedLinear, packing_available
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -22,9 +23,9 @@ NEW_TOKENS = 24
 @pytest.fixture(scope="module", params=["half", "fp32", "moved from the cpu"])
 def gpu_lm(request: pytest.FixtureRequest) -> LanguageModel:
     if request.param == "moved from the cpu":
-        # Loaded on the CPU (plain fp32 layers: packed ones are for the CPU), then moved, as a
-        # notebook may do: the batcher must feed the model where it is now.
-        lm = tokstep.load("tinystories", device_map="cpu", pack_weights=False)
+        # Loaded on the CPU, then moved, as a notebook may do: the batcher must feed the model
+        # where it is now.
+        lm = tokstep.load("tinystories", device_map="cpu")
         lm.model.to("cuda")
         return lm
     lm = tokstep.load("tinystories", device_map="cuda")
@@ -85,3 +86,18 @@ def test_concurrent_sessions_equal_each_alone_on_the_gpu(gpu_lm: LanguageModel):
     for prompt in PROMPTS:
         assert together[prompt][0] == alone[prompt][0]
         assert together[prompt][1] == pytest.approx(alone[prompt][1], abs=tolerance)
+
+
+@pytest.mark.skipif(not packing_available(), reason="this torch has no oneDNN")
+@torch.inference_mode()
+def test_a_model_packed_on_the_cpu_steps_on_the_gpu_once_moved(tiny_model_dir):
+    lm = tokstep.load(str(tiny_model_dir), device_map="cpu")
+    assert isinstance(lm.model.lm_head, PackedLinear)  # the tiny model's output layer is packed
+    lm.model.to("cuda")
+    ids = tokstep.tokenize(lm.tokenizer, PROMPTS[0])
+    input_ids = torch.tensor([ids], device="cuda")
+    generated = lm.model.generate(
+        input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False, max_new_tokens=8, pad_token_id=0
+    )
+    steps = list(tokstep.generate_steps(lm, PROMPTS[0], max_new_tokens=8))
+    assert [step.token_id for step in steps] == generated[0, len(ids) :].tolist()

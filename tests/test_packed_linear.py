@@ -108,3 +108,34 @@ def test_load_packs_large_layers_and_steps_equal_the_plain_model(tiny_model_dir)
         assert [t.token_id for t in ours.top] == [t.token_id for t in theirs.top]
         for a, b in zip(ours.top, theirs.top, strict=True):
             assert a.prob == pytest.approx(b.prob, abs=1e-5)
+
+
+def test_a_packed_model_moved_to_another_dtype_or_device_unpacks_its_weights_unchanged(tiny_model_dir) -> None:
+    # As `lm.model.to("cuda")` or `.half()` after loading on a CPU: oneDNN's packed layout is for
+    # fp32 on the CPU only, so a moved layer must multiply by a plain weight again.
+    packed = tokstep.load(str(tiny_model_dir), device_map="cpu")
+    plain = tokstep.load(str(tiny_model_dir), device_map="cpu", pack_weights=False)
+    head = packed.model.lm_head
+    assert isinstance(head, PackedLinear)
+    assert torch.equal(head.unpacked_weight(), plain.model.lm_head.weight)
+
+    packed.model.double()  # another dtype, on the CPU: the one move this machine can run
+    plain.model.double()
+    assert head.packed_weight is None and head.weight.dtype == torch.float64
+    prompt = "Once upon a time, generative models"
+    moved = list(tokstep.generate_steps(packed, prompt, max_new_tokens=8, top_k=5))
+    expected = list(tokstep.generate_steps(plain, prompt, max_new_tokens=8, top_k=5))
+    assert [(s.token_id, s.prob, [t.prob for t in s.top]) for s in moved] == [
+        (s.token_id, s.prob, [t.prob for t in s.top]) for s in expected
+    ]
+
+
+@torch.inference_mode()
+def test_a_moved_packed_layer_takes_its_bias_along() -> None:
+    torch.manual_seed(0)
+    linear = nn.Linear(96, 200)
+    layer = PackedLinear(linear.weight, linear.bias)
+    hidden = torch.randn(3, 96, dtype=torch.float64)
+    assert torch.equal(layer.double()(hidden), linear.double()(hidden))
+    layer.to("meta")  # another device ("meta" keeps shapes only)
+    assert (layer.weight.device.type, layer.bias.device.type) == ("meta", "meta")

@@ -18,7 +18,10 @@ every path (`model.generate`, tokstep's steps, batched or not), since they all c
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -42,6 +45,10 @@ class PackedLinear(nn.Module):
 
     Keeps `in_features` and `out_features` as nn.Linear does. The packed weight is a plain
     attribute, not a parameter: it is not in `state_dict()`, and the layer is not saved.
+
+    Moved off the CPU or to another dtype (`model.to("cuda")`, `model.half()`), the layer first
+    reads its weight back into a plain (out, in) parameter, the same values, and from then on
+    multiplies as nn.Linear does: oneDNN's packed layout is for fp32 on the CPU only.
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -49,12 +56,35 @@ class PackedLinear(nn.Module):
         # weight: (out_features, in_features), as nn.Linear stores it
         self.out_features, self.in_features = weight.shape
         self.weight_nbytes = weight.numel() * weight.element_size()
-        self.packed_weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous())
-        self.bias = None if bias is None else bias.detach()
+        self.packed_weight: torch.Tensor | None = torch.ops.mkldnn._reorder_linear_weight(weight.detach().contiguous())
+        self.register_parameter("weight", None)  # the plain weight, once the layer is moved (see _apply)
+        # A buffer, so that moving the model moves it; not persistent, as before.
+        self.register_buffer("bias", None if bias is None else bias.detach(), persistent=False)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         # hidden: (..., in_features) -> (..., out_features); the operator takes any leading dims
+        if self.packed_weight is None:
+            return F.linear(hidden, self.weight, self.bias)
         return torch.ops.mkldnn._linear_pointwise(hidden, self.packed_weight, self.bias, "none", [], "")
+
+    def unpacked_weight(self) -> torch.Tensor:
+        """The plain (out, in) weight read back through the packed one: I @ W.T is W.T exactly,
+        since each of its dot products adds one weight times 1.0 to zeros."""
+        if self.packed_weight is None:
+            return self.weight.detach()
+        identity = torch.eye(self.in_features)  # (in, in)
+        with torch.no_grad():
+            rows = torch.ops.mkldnn._linear_pointwise(identity, self.packed_weight, None, "none", [], "")  # (in, out)
+        return rows.t().contiguous()
+
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> PackedLinear:
+        # nn.Module.to(), .cuda(), .half() ... all come here with `fn`, the move of one tensor.
+        if self.packed_weight is not None:
+            probe = fn(torch.zeros(()))  # where, and in what dtype, this move puts a float tensor
+            if probe.device.type != "cpu" or probe.dtype != torch.float32:
+                self.weight = nn.Parameter(self.unpacked_weight(), requires_grad=False)
+                self.packed_weight = None
+        return super()._apply(fn, recurse)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}"
