@@ -77,8 +77,10 @@ def weight_bytes_per_token(lm: LanguageModel) -> int:
     total = sum(p.numel() * p.element_size() for p in unique.values())
     output = model.get_output_embeddings()
     for module in model.modules():
-        if isinstance(module, PackedLinear):  # its weight is no parameter: a packed copy
+        if isinstance(module, PackedLinear) and module.packed_weight is not None:
+            # Its weight is no parameter (a packed copy), nor its bias (a buffer).
             total += module.weight_nbytes
+            total += 0 if module.bias is None else module.bias.numel() * module.bias.element_size()
         if isinstance(module, torch.nn.Embedding) and module.weight is not getattr(output, "weight", None):
             total -= module.weight.numel() * module.weight.element_size()
     return total
