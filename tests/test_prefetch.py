@@ -19,6 +19,8 @@ import tokstep
 import tokstep.batching
 from tokstep.batching import ForwardBatcher
 from tokstep.engine import Step, TokenStepper
+from tokstep.ui import autorun
+from tokstep.views import ViewSettings
 
 
 @pytest.fixture(autouse=True)
@@ -222,6 +224,30 @@ def accelerator_like_lm(tiny_lm, monkeypatch):
     lm = dataclasses.replace(tiny_lm)  # a new batcher (the same model and forward lock)
     lm.batcher.prefetches_alone = False
     return lm
+
+
+def test_a_run_that_ended_or_was_stopped_is_not_counted_as_stepping_beside_the_next(accelerator_like_lm):
+    # The fixture keeps a sequence "recent" for a minute after its last pass, unless its run ended.
+    batcher = accelerator_like_lm.batcher
+    stepping = tokstep.generate_steps(accelerator_like_lm, PROMPTS[1], max_new_tokens=10)
+    next(stepping)
+    assert batcher.should_prefetch("a new sequence")  # beside a run in progress: a class
+    stepping.close()  # as Stop does
+    assert not batcher.should_prefetch("a new sequence")
+    assert len(list(tokstep.generate_steps(accelerator_like_lm, PROMPTS[0], max_new_tokens=3))) == 3
+    assert not batcher.should_prefetch("a new sequence")  # alone again: no pass waits for the ended runs
+
+
+def test_the_pages_auto_run_is_not_counted_as_stepping_once_it_ended_or_was_stopped(accelerator_like_lm):
+    batcher = accelerator_like_lm.batcher
+    stepper = TokenStepper.from_text(accelerator_like_lm, PROMPTS[1])
+    updates = autorun(stepper, ViewSettings(), 10, 0.0)
+    next(updates)
+    assert batcher.should_prefetch("a new sequence")
+    updates.close()  # as the page's Stop cancels it
+    assert not batcher.should_prefetch("a new sequence")
+    assert len(list(autorun(stepper, ViewSettings(), 2, 0.0))) == 2
+    assert not batcher.should_prefetch("a new sequence")
 
 
 def test_a_lone_run_that_does_not_prefetch_asks_for_each_pass_when_it_needs_it(tiny_lm, accelerator_like_lm):

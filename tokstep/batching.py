@@ -50,8 +50,9 @@ from tokstep.distribution import NextTokenSummary, summarize
 DEFAULT_MAX_BATCH = 32
 # Gathering a batch: a leader waits for sequences served within the last RECENT_PASSES passes
 # (plus RECENT_SLACK_S for their own work between steps), at most GATHER_FRACTION of a pass
-# and never more than MAX_GATHER_S. The slack stays small: a sequence that has finished is
-# still expected for that long, and a new one (the next /generate call) would wait for it.
+# and never more than MAX_GATHER_S. The slack stays small: a sequence that stops stepping
+# without its run ending (a Step click) is still expected for that long. A run that ends is
+# forgotten at once (ForwardBatcher.forget), so the next run never waits for it.
 RECENT_PASSES, RECENT_SLACK_S = 2, 0.01
 GATHER_FRACTION, MAX_GATHER_S = 0.5, 0.25
 # A prompt's pass waits until no request has arrived for ARRIVAL_QUIET_S, at most
@@ -340,6 +341,12 @@ class ForwardBatcher:
     @prefetches_alone.setter
     def prefetches_alone(self, value: bool) -> None:
         self._prefetches_alone = value
+
+    def forget(self, sequence: Hashable) -> None:
+        """`sequence`'s run has ended: the next passes do not wait for it (see _gather), and it no
+        longer counts as a class stepping beside the next lone run (see should_prefetch)."""
+        with self._lock:
+            self._recent.pop(sequence, None)
 
     def should_prefetch(self, sequence: Hashable) -> bool:
         """Whether `sequence` should queue its next pass ahead (see `prefetches_alone`): always on

@@ -300,17 +300,20 @@ def add_chat(model_choice: gr.Component, lm_for: Callable[[Any], LanguageModel],
         if turn is None or turn.over:
             yield append(session, chosen)  # says why nothing can be written
             return
-        for count in range(1, n + 1):
-            started = time.monotonic()
-            step = turn.step(chosen.top_k, sampling=chosen.sampling)
-            note = chat_note(step, turn)
-            if not turn.over and count == n:
-                note += f" **Stopped:** Auto-run wrote the {n} tokens asked for; Auto-run again to go on."
-            yield render(session, chosen, note)
-            if turn.over:
-                return
-            if count < n:
-                time.sleep(max(0.0, pause_s - (time.monotonic() - started)))
+        try:
+            for count in range(1, n + 1):
+                started = time.monotonic()
+                step = turn.step(chosen.top_k, sampling=chosen.sampling)
+                note = chat_note(step, turn)
+                if not turn.over and count == n:
+                    note += f" **Stopped:** Auto-run wrote the {n} tokens asked for; Auto-run again to go on."
+                yield render(session, chosen, note)
+                if turn.over:
+                    return
+                if count < n:
+                    time.sleep(max(0.0, pause_s - (time.monotonic() - started)))
+        finally:
+            turn.stepper.end_run()  # ended or stopped: the class's next passes do not wait for it
 
     def on_undo(session: Any, name: Any, *values: Any) -> tuple[Any, ...]:
         chosen = read_settings(*values)

@@ -264,6 +264,12 @@ class TokenStepper:
         with self._lock:
             self._drop_prefetch()
 
+    def end_run(self) -> None:
+        """A run of steps ended (finished or stopped): withdraw its prefetched pass, and tell the
+        batcher not to expect this sequence back, so no pass waits for it."""
+        self.drop_prefetch()
+        self.lm.batcher.forget(id(self))
+
     def _drop_prefetch(self) -> None:
         request, self._prefetched = self._prefetched, None
         if request is None or self.lm.batcher.cancel(request):
@@ -475,7 +481,7 @@ def run_steps(
             if step.stop_reason is not None:
                 return
     finally:
-        stepper.drop_prefetch()  # the caller stopped early: nobody will read it
+        stepper.end_run()  # a prefetched pass nobody will read is withdrawn
 
 
 def score_prompt(lm: LanguageModel, ids: Sequence[int]) -> list[TokenScore]:

@@ -163,17 +163,20 @@ def autorun(stepper: TokenStepper, settings: ViewSettings, n_tokens: int, pause_
         gr.Warning(context_full_message(stepper.lm))
         yield render(stepper, settings, f"**Stopped:** {STOP_REASON_TEXT['context_full']}.")
         return
-    for count in range(1, n_tokens + 1):
-        started = time.monotonic()
-        step = stepper.step(settings.top_k, sampling=settings.sampling)
-        note = step_note(step)
-        if step.stop_reason is None and count == n_tokens:
-            note += f" **Stopped:** {STOP_REASON_TEXT['max_new_tokens']}."
-        yield render(stepper, settings, note)
-        if step.stop_reason is not None:
-            return
-        if count < n_tokens:
-            time.sleep(max(0.0, pause_s - (time.monotonic() - started)))
+    try:
+        for count in range(1, n_tokens + 1):
+            started = time.monotonic()
+            step = stepper.step(settings.top_k, sampling=settings.sampling)
+            note = step_note(step)
+            if step.stop_reason is None and count == n_tokens:
+                note += f" **Stopped:** {STOP_REASON_TEXT['max_new_tokens']}."
+            yield render(stepper, settings, note)
+            if step.stop_reason is not None:
+                return
+            if count < n_tokens:
+                time.sleep(max(0.0, pause_s - (time.monotonic() - started)))
+    finally:
+        stepper.end_run()  # ended or stopped: the class's next passes do not wait for it
 
 
 def undo(stepper: TokenStepper, settings: ViewSettings) -> tuple[Any, ...]:
