@@ -344,7 +344,9 @@ class ForwardBatcher:
 
     def forget(self, sequence: Hashable) -> None:
         """`sequence`'s run has ended: the next passes do not wait for it (see _gather), and it no
-        longer counts as a class stepping beside the next lone run (see should_prefetch)."""
+        longer counts as a class stepping beside the next lone run (see should_prefetch). A pass
+        that was already running for it (a run stopped mid-pass) notes it once more as it ends,
+        and it is expected for that pass's short window (RECENT_PASSES) only."""
         with self._lock:
             self._recent.pop(sequence, None)
 
