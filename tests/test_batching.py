@@ -7,6 +7,7 @@ the lock runs them as one batch (checked with the batcher's own counters).
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
+from tokstep.batching import DECODE_ROOM
 from tokstep.engine import Step, TokenStepper
 from tokstep.loading import LanguageModel
 from tokstep.sampling import SamplingSettings
@@ -98,6 +100,26 @@ def test_batched_greedy_steps_equal_each_session_alone(model, request):
     # as it was (the first one, the prompts' batch), and the results below are still exact.
     assert lm.batcher.reused_batches - reused_before == ROUNDS - 1
     for got, want in zip(batched, alone, strict=True):
+        for batched_step, alone_step in zip(got, want, strict=True):
+            assert_same_step(batched_step, alone_step)
+
+
+def test_a_batch_appends_its_new_positions_in_place_until_its_room_is_full(tiny_lm):
+    # Past the room, a pass makes new room: more rounds than two rooms' worth cross that twice.
+    rounds = 2 * DECODE_ROOM + 3
+    alone = []
+    for stepper in steppers(tiny_lm):
+        alone.append([stepper.step(5) for _ in range(rounds)])
+    sessions = steppers(tiny_lm)
+    storages = []  # the storage of session 0's first layer's keys after each round
+    for _ in range(rounds):
+        together(tiny_lm, [lambda s=s: s.step(5) for s in sessions], cold(sessions))
+        storages.append(sessions[0]._cache.layers[0].keys.untyped_storage().data_ptr())
+    # Concatenation would give every pass a new tensor; in place, a new one comes once per room
+    # (the prompts' batch, the first padded decode batch, then each time the room is full).
+    changes = sum(before != after for before, after in itertools.pairwise(storages))
+    assert changes <= rounds // DECODE_ROOM + 1
+    for got, want in zip([stepper.steps for stepper in sessions], alone, strict=True):
         for batched_step, alone_step in zip(got, want, strict=True):
             assert_same_step(batched_step, alone_step)
 
