@@ -15,6 +15,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
+import tokstep
 from tokstep.batching import DECODE_ROOM
 from tokstep.engine import Step, TokenStepper
 from tokstep.loading import LanguageModel
@@ -122,6 +123,28 @@ def test_a_batch_appends_its_new_positions_in_place_until_its_room_is_full(tiny_
     for got, want in zip([stepper.steps for stepper in sessions], alone, strict=True):
         for batched_step, alone_step in zip(got, want, strict=True):
             assert_same_step(batched_step, alone_step)
+
+
+def test_a_sequence_stepping_alone_appends_in_place_too(tiny_lm):
+    rounds = 2 * DECODE_ROOM + 3
+    ids = tokstep.tokenize(tiny_lm.tokenizer, PROMPTS[0])
+    stepper = TokenStepper(tiny_lm, ids)
+    storages = []
+    for _ in range(rounds):
+        stepper.step(5)
+        storages.append(stepper._cache.layers[0].keys.untyped_storage().data_ptr())
+    # The prompt's cache, then one tensor per room (a copy at each step without room).
+    assert sum(before != after for before, after in itertools.pairwise(storages)) <= rounds // DECODE_ROOM + 1
+    prompt = torch.tensor([ids])
+    with torch.inference_mode():
+        expected = tiny_lm.model.generate(
+            prompt,
+            attention_mask=torch.ones_like(prompt),
+            do_sample=False,
+            max_new_tokens=rounds,
+            min_new_tokens=rounds,
+        )[0, len(ids) :].tolist()
+    assert stepper.generated_ids == expected
 
 
 def test_batched_greedy_equals_generate(bundled_lm):

@@ -170,6 +170,9 @@ class ForwardBatcher:
         self.runner_wakeups = 0  # times the runner thread woke up (each takes the GIL from whoever runs)
         self._last_rows: dict[Hashable, tuple[int, int]] = {}  # sequence -> (row, first real position)
         self._last_length = 0  # positions in the last batch's cache, padding included
+        # The sequence whose step last ran alone, the positions it then held, and where the
+        # storages with room behind its keys and values are (per layer): see _alone_cache.
+        self._last_alone: tuple[Hashable, int, list[tuple[int, int]]] | None = None
 
     def forward(self, ids: Sequence[int], cache: Cache | None, cached: int, sequence: Hashable = None) -> ForwardResult:
         """Feed `ids` on top of `cache` (which holds `cached` positions); wait for the logits.
@@ -403,13 +406,49 @@ class ForwardBatcher:
                 request.done = True
 
     def _forward_one(self, request: ForwardRequest) -> None:
-        """One sequence: a prompt, a re-read, or a step whose cache cannot be padded."""
+        """One sequence: a prompt, a re-read, or a step whose cache cannot be padded, or a step
+        alone (which appends in place: see _alone_cache)."""
         pending = torch.tensor([request.ids], device=self.model.device)  # (1, T_new)
+        roomy = self._alone_cache(request)
         started = time.perf_counter()
         # Only the last position's logits are needed: (1, 1, vocab).
-        output = self.model(input_ids=pending, cache=request.cache, use_cache=True, logits_to_keep=1)
+        output = self.model(
+            input_ids=pending, cache=request.cache if roomy is None else roomy, use_cache=True, logits_to_keep=1
+        )
         (summary,) = summarize(output.logits[:, -1])  # from (1, vocab)
-        request.result = ForwardResult(output.cache, summary, _elapsed_ms(started, summary.logits))
+        cache = output.cache
+        if roomy is not None:
+            # The sequence keeps its own cache object, now holding views of the roomy layers.
+            cache = request.cache
+            for own, layer in zip(cache.layers, roomy.layers, strict=True):
+                own.keys, own.values = layer.keys, layer.values
+            rooms = [(_storage_ptr(layer.keys_room), _storage_ptr(layer.values_room)) for layer in roomy.layers]
+            self._last_alone = (request.sequence, request.cached + 1, rooms)
+        request.result = ForwardResult(cache, summary, _elapsed_ms(started, summary.logits))
+
+    def _alone_cache(self, request: ForwardRequest) -> DynamicCache | None:
+        """For one sequence's next token: its cache with room after it (see _RoomyLayer), or None
+        when the request is not a step on a plain cache.
+
+        A sequence stepping alone would otherwise copy its whole cache at every step (GPT-2
+        small at 512 positions: 38 MB). The first such step copies it once into room of its own;
+        the next ones write into that room in place while the sequence's views are exactly what
+        the last step alone left: the same sequence and positions, views from the start of the
+        same storage, laid out as one row with room. Nobody else holds that room. An undo
+        (shorter views), a pass in a batch (another storage) or another sequence stepping alone
+        in between gives a copy again."""
+        cache = request.cache
+        if len(request.ids) != 1 or not is_batchable(cache, 1):
+            return None
+        last, length = self._last_alone, request.cached
+        same = last is not None and last[0] == request.sequence and last[1] == length
+        rooms: list[tuple[torch.Tensor, ...]] = []
+        for index, layer in enumerate(cache.layers):  # type: ignore[union-attr]
+            pair = (layer.keys, layer.values)
+            if same:
+                pair = tuple(_room_of(view, ptr) for view, ptr in zip(pair, last[2][index], strict=True))  # type: ignore[index]
+            rooms.append(pair if all(room is not None for room in pair) else (layer.keys, layer.values))
+        return _batch_cache_of(rooms, length)
 
     def _forward_prefills(self, requests: list[ForwardRequest]) -> None:
         """Many prompts read in one pass: left-padded to the longest, padding masked out.
@@ -622,6 +661,29 @@ def _with_room(states: torch.Tensor, capacity: int) -> torch.Tensor:
     room = states.new_empty((*states.shape[:2], capacity, states.shape[3]))
     room[:, :, : states.shape[2]] = states
     return room
+
+
+def _storage_ptr(tensor: torch.Tensor) -> int:
+    return tensor.untyped_storage().data_ptr()
+
+
+def _room_of(view: torch.Tensor, ptr: int) -> torch.Tensor | None:
+    """The whole (1, heads, capacity, head_dim) tensor that `view` (1, heads, length, head_dim)
+    starts, when its storage is at `ptr` and holds one such row with room past `length`."""
+    _, heads, length, head_dim = view.shape
+    storage = view.untyped_storage()
+    capacity = storage.nbytes() // (heads * head_dim * view.element_size())
+    stride = (heads * capacity * head_dim, capacity * head_dim, head_dim, 1)
+    if (
+        storage.data_ptr() != ptr
+        or view.shape[0] != 1
+        or capacity <= length
+        or storage.nbytes() != stride[0] * view.element_size()
+        or view.stride()[1:] != stride[1:]
+        or view.storage_offset() != 0
+    ):
+        return None
+    return view.as_strided((1, heads, capacity, head_dim), stride, 0)
 
 
 def _batch_cache_of(rooms: Sequence[tuple[torch.Tensor, ...]], length: int) -> DynamicCache:
