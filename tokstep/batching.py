@@ -22,8 +22,10 @@ One pass at a time, always: torch already spreads one pass over every core, and 
 passes in parallel threads fight over them (see docs/performance.md, "Threads").
 
 Each sequence keeps its own `DynamicCache`; after a batched pass its layers point at its
-row of the batch's cache (a view: no copy), and `undo`'s crop and the next pass's
-concatenation work on it as on any cache.
+row of the batch's cache (a view: no copy), and `undo`'s crop works on it as on any cache.
+A pass appends its new keys and values into room kept after the positions (see _RoomyLayer):
+the batch's own, or, for a sequence stepping alone, a row of its own; never where another
+sequence's view reaches.
 
 Why not transformers' continuous batching (`generate_batch` / `ContinuousBatchingManager`):
 it streams the sampled token and at most its log-probability, while tokstep needs the
@@ -455,7 +457,7 @@ class ForwardBatcher:
 
         Identical prompts are read once: a class that opens the page and presses Auto-run sends
         the default prompt thirty times. Their sequences then share that row's keys and values
-        (views, never written in place: a cache grows by concatenation into new tensors)."""
+        (views: the next positions of each go into room past them, see _RoomyLayer)."""
         row_of: dict[tuple[int, ...], int] = {}
         rows = [row_of.setdefault(tuple(request.ids), len(row_of)) for request in requests]
         prompts = [list(ids) for ids in row_of]  # one per row, in row order
@@ -627,14 +629,15 @@ def _cache_of(layers: Sequence[tuple[torch.Tensor, ...]]) -> DynamicCache:
 
 
 class _RoomyLayer(DynamicLayer):
-    """A batch's cache layer with room after its positions: a pass writes its new keys and values
+    """A pass's cache layer with room after its positions: the pass writes its new keys and values
     into the room in place, and makes new room (one copy) only when it is full.
 
     `keys` and `values` are the first `length` positions of (B, heads, capacity, head_dim)
     tensors. Writing in place is safe because nothing else reaches past `length` there: the
-    sequences' own caches are views of their rows up to `length`, a sequence stepping alone
-    appends by concatenation into a new tensor, and the batcher builds this layer only over its
-    own last batch (see ForwardBatcher._previous_batch) or a fresh one (_padded_cache)."""
+    sequences' own caches are views of their rows up to `length`, and the batcher builds this
+    layer only over its own last batch (ForwardBatcher._previous_batch), over the room a
+    sequence stepping alone was last given (ForwardBatcher._alone_cache), or over views with no
+    room, which the first update copies into new room."""
 
     def __init__(self, keys_room: torch.Tensor, values_room: torch.Tensor, length: int) -> None:
         super().__init__()
