@@ -635,9 +635,10 @@ class _RoomyLayer(DynamicLayer):
     `keys` and `values` are the first `length` positions of (B, heads, capacity, head_dim)
     tensors. Writing in place is safe because nothing else reaches past `length` there: the
     sequences' own caches are views of their rows up to `length`, and the batcher builds this
-    layer only over its own last batch (ForwardBatcher._previous_batch), over the room a
-    sequence stepping alone was last given (ForwardBatcher._alone_cache), or over views with no
-    room, which the first update copies into new room."""
+    layer only over its own last batch (ForwardBatcher._previous_batch), a fresh padded one
+    (_padded_cache), the room a
+    sequence stepping alone was last given (ForwardBatcher._alone_cache), or views with no room,
+    which the first update copies into new room."""
 
     def __init__(self, keys_room: torch.Tensor, values_room: torch.Tensor, length: int) -> None:
         super().__init__()
