@@ -636,9 +636,9 @@ class _RoomyLayer(DynamicLayer):
     tensors. Writing in place is safe because nothing else reaches past `length` there: the
     sequences' own caches are views of their rows up to `length`, and the batcher builds this
     layer only over its own last batch (ForwardBatcher._previous_batch), a fresh padded one
-    (_padded_cache), the room a
-    sequence stepping alone was last given (ForwardBatcher._alone_cache), or views with no room,
-    which the first update copies into new room."""
+    (_padded_cache), the room a sequence stepping alone was last given
+    (ForwardBatcher._alone_cache), or views with no room, which the first update copies into
+    new room."""
 
     def __init__(self, keys_room: torch.Tensor, values_room: torch.Tensor, length: int) -> None:
         super().__init__()
