@@ -16,6 +16,7 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
 
 import tokstep
+import tokstep.batching
 import tokstep.testing
 from tokstep.loading import LanguageModel
 
@@ -54,6 +55,15 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, gpt2_tokenizer: GPT
     gpt2_tokenizer.save_pretrained(folder)
     model.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(autouse=True)
+def room_for_every_sequence_stepping_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The suite's models are tiny: their caches stay below the size from which a sequence
+    stepping alone gets room of its own (tokstep.batching.ALONE_ROOM_MIN_BYTES), so every test
+    that steps alone would miss that path. In tests every such sequence gets it; servers the
+    tests start in processes of their own keep the real threshold."""
+    monkeypatch.setattr(tokstep.batching, "ALONE_ROOM_MIN_BYTES", 0)
 
 
 @pytest.fixture(scope="session")

@@ -126,6 +126,7 @@ def test_a_batch_appends_its_new_positions_in_place_until_its_room_is_full(tiny_
 
 
 def test_a_sequence_stepping_alone_appends_in_place_too(tiny_lm):
+    # (conftest gives the tiny model's small cache room, as a large model's gets.)
     rounds = 2 * DECODE_ROOM + 3
     ids = tokstep.tokenize(tiny_lm.tokenizer, PROMPTS[0])
     stepper = TokenStepper(tiny_lm, ids)

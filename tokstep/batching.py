@@ -68,6 +68,10 @@ ARRIVAL_QUIET_S, MAX_PROMPT_WAIT_S = 0.003, 0.03
 # batch's cache keeps room for DECODE_ROOM more positions instead, and the next pass over the
 # same sequences writes into it in place (see _RoomyLayer).
 DECODE_ROOM = 16
+# A sequence stepping alone gets room of its own only when its cache is at least this large:
+# below it, setting the room up each step costs more than the copy it saves (the bundled model's
+# whole cache stays under it; GPT-2 small passes it at 14 positions).
+ALONE_ROOM_MIN_BYTES = 1 << 20
 # Prompts read together in one pass, counted with their padding: GPT-2 small's activations
 # for 4096 positions are about 0.5 GB at the widest layer, fine on any machine we serve from.
 MAX_PREFILL_TOKENS = 4096
@@ -173,7 +177,7 @@ class ForwardBatcher:
         self._last_rows: dict[Hashable, tuple[int, int]] = {}  # sequence -> (row, first real position)
         self._last_length = 0  # positions in the last batch's cache, padding included
         # The sequence whose step last ran alone, the positions it then held, and where the
-        # storages with room behind its keys and values are (per layer): see _alone_cache.
+        # storages with room behind its keys and values are (per layer): see _alone_layers.
         self._last_alone: tuple[Hashable, int, list[tuple[int, int]]] | None = None
 
     def forward(self, ids: Sequence[int], cache: Cache | None, cached: int, sequence: Hashable = None) -> ForwardResult:
@@ -409,28 +413,32 @@ class ForwardBatcher:
 
     def _forward_one(self, request: ForwardRequest) -> None:
         """One sequence: a prompt, a re-read, or a step whose cache cannot be padded, or a step
-        alone (which appends in place: see _alone_cache)."""
+        alone (which appends in place: see _alone_layers)."""
         pending = torch.tensor([request.ids], device=self.model.device)  # (1, T_new)
-        roomy = self._alone_cache(request)
+        cache, roomy = request.cache, self._alone_layers(request)
         started = time.perf_counter()
-        # Only the last position's logits are needed: (1, 1, vocab).
-        output = self.model(
-            input_ids=pending, cache=request.cache if roomy is None else roomy, use_cache=True, logits_to_keep=1
-        )
+        if roomy is None:
+            # Only the last position's logits are needed: (1, 1, vocab).
+            output = self.model(input_ids=pending, cache=cache, use_cache=True, logits_to_keep=1)
+            cache = output.cache
+        else:
+            # The sequence's own cache runs the pass with the roomy layers in place of its own,
+            # whose keys and values then become views of them.
+            own_layers, cache.layers = cache.layers, roomy  # type: ignore[union-attr]
+            try:
+                output = self.model(input_ids=pending, cache=cache, use_cache=True, logits_to_keep=1)
+                for own, layer in zip(own_layers, roomy, strict=True):
+                    own.keys, own.values = layer.keys, layer.values
+            finally:
+                cache.layers = own_layers  # type: ignore[union-attr]
+            ptrs = [(_storage_ptr(layer.keys_room), _storage_ptr(layer.values_room)) for layer in roomy]
+            self._last_alone = (request.sequence, request.cached + 1, ptrs)
         (summary,) = summarize(output.logits[:, -1])  # from (1, vocab)
-        cache = output.cache
-        if roomy is not None:
-            # The sequence keeps its own cache object, now holding views of the roomy layers.
-            cache = request.cache
-            for own, layer in zip(cache.layers, roomy.layers, strict=True):
-                own.keys, own.values = layer.keys, layer.values
-            rooms = [(_storage_ptr(layer.keys_room), _storage_ptr(layer.values_room)) for layer in roomy.layers]
-            self._last_alone = (request.sequence, request.cached + 1, rooms)
         request.result = ForwardResult(cache, summary, _elapsed_ms(started, summary.logits))
 
-    def _alone_cache(self, request: ForwardRequest) -> DynamicCache | None:
-        """For one sequence's next token: its cache with room after it (see _RoomyLayer), or None
-        when the request is not a step on a plain cache.
+    def _alone_layers(self, request: ForwardRequest) -> list[_RoomyLayer] | None:
+        """For one sequence's next token: layers with room after its cache (see _RoomyLayer), or
+        None when the request is not a step on a plain cache of ALONE_ROOM_MIN_BYTES or more.
 
         A sequence stepping alone would otherwise copy its whole cache at every step (GPT-2
         small at 512 positions: 38 MB). The first such step copies it once into room of its own;
@@ -442,15 +450,20 @@ class ForwardBatcher:
         cache = request.cache
         if len(request.ids) != 1 or not is_batchable(cache, 1):
             return None
+        layers = cache.layers  # type: ignore[union-attr]
+        first = layers[0].keys  # (1, heads, length, head_dim)
+        if 2 * len(layers) * first.numel() * first.element_size() < ALONE_ROOM_MIN_BYTES:
+            return None
         last, length = self._last_alone, request.cached
         same = last is not None and last[0] == request.sequence and last[1] == length
-        rooms: list[tuple[torch.Tensor, ...]] = []
-        for index, layer in enumerate(cache.layers):  # type: ignore[union-attr]
-            pair = (layer.keys, layer.values)
-            if same:
-                pair = tuple(_room_of(view, ptr) for view, ptr in zip(pair, last[2][index], strict=True))  # type: ignore[index]
-            rooms.append(pair if all(room is not None for room in pair) else (layer.keys, layer.values))
-        return _batch_cache_of(rooms, length)
+        roomy: list[_RoomyLayer] = []
+        for index, layer in enumerate(layers):
+            keys_room = _room_of(layer.keys, last[2][index][0]) if same else None  # type: ignore[index]
+            values_room = _room_of(layer.values, last[2][index][1]) if same else None  # type: ignore[index]
+            if keys_room is None or values_room is None:
+                keys_room, values_room = layer.keys, layer.values  # no room: the first update makes some
+            roomy.append(_RoomyLayer(keys_room, values_room, length))
+        return roomy
 
     def _forward_prefills(self, requests: list[ForwardRequest]) -> None:
         """Many prompts read in one pass: left-padded to the longest, padding masked out.
@@ -637,12 +650,13 @@ class _RoomyLayer(DynamicLayer):
     sequences' own caches are views of their rows up to `length`, and the batcher builds this
     layer only over its own last batch (ForwardBatcher._previous_batch), a fresh padded one
     (_padded_cache), the room a sequence stepping alone was last given
-    (ForwardBatcher._alone_cache), or views with no room, which the first update copies into
+    (ForwardBatcher._alone_layers), or views with no room, which the first update copies into
     new room."""
 
     def __init__(self, keys_room: torch.Tensor, values_room: torch.Tensor, length: int) -> None:
         super().__init__()
-        self.lazy_initialization(keys_room, values_room)
+        # What lazy_initialization would set, without the empty tensors it makes (one per step).
+        self.device, self.is_initialized = keys_room.device, True
         self.keys_room, self.values_room = keys_room, values_room
         self.keys, self.values = keys_room[:, :, :length], values_room[:, :, :length]
 
