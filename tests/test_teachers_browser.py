@@ -121,7 +121,13 @@ def test_the_demo_steps_inside_the_embed_pages_iframe(tab, docs_server, server_u
     for unreachable in ("https://gradio.s3-us-west-2.amazonaws.com/**", "https://YOUR-NAME-tokstep.hf.space/**"):
         tab.route(unreachable, lambda route: route.abort())
     tab.goto(f"{docs_server}embed.html?src={quote(server_url)}")
-    frame = tab.frame_locator("#tokstep-frame")
+    # The frame navigates twice (the placeholder, aborted, then the demo), so it is taken by the
+    # demo's URL from the page's frames: twice in CI, a frame_locator of the iframe element read
+    # no chips for a minute while the screenshot showed them.
+    deadline = time.monotonic() + 60
+    while (frame := next((f for f in tab.frames if f.url.startswith(server_url)), None)) is None:
+        assert time.monotonic() < deadline, f"no frame of the demo among {[f.url for f in tab.frames]}"
+        time.sleep(0.1)
     expected = labels_of(tiny_lm, "Once upon a time", 4)
     # wait_for_count returns the labels it counted: no second read that could catch a re-render.
     assert wait_for_count(frame, len(expected) - 1, timeout=60) == expected[:-1]  # the link's preset: 3 tokens
