@@ -536,24 +536,22 @@ class ForwardBatcher:
             whole: list[torch.Tensor] = []  # this layer's keys, then values, of the whole batch, room included
             for name in ("keys", "values"):
                 first = getattr(caches[0].layers[index], name)
-                _, heads, _, head_dim = first.shape
-                storage = first.untyped_storage()
-                capacity = storage.nbytes() // (batch_size * heads * head_dim * first.element_size())
-                stride = (heads * capacity * head_dim, capacity * head_dim, head_dim, 1)  # of the whole batch
-                if capacity < length or storage.nbytes() != batch_size * stride[0] * first.element_size():
+                batch = _rows_with_room(first, batch_size)  # (B, heads, capacity, head_dim) or None
+                if batch is None or batch.shape[2] < length:
                     return None
+                _, heads, _, head_dim = batch.shape
                 for row, (request, cache) in enumerate(zip(placed, caches, strict=True)):
                     view = getattr(cache.layers[index], name)
                     start = rows[request.sequence][1]
                     if (
-                        view.untyped_storage().data_ptr() != storage.data_ptr()
+                        view.untyped_storage().data_ptr() != batch.untyped_storage().data_ptr()
                         or tuple(view.shape) != (1, heads, length - start, head_dim)
-                        or view.stride() != stride
-                        or view.storage_offset() != row * stride[0] + start * head_dim
+                        or view.stride() != batch.stride()
+                        or view.storage_offset() != row * batch.stride()[0] + start * head_dim
                         or request.cached != length - start
                     ):
                         return None
-                whole.append(first.as_strided((batch_size, heads, capacity, head_dim), stride, 0))
+                whole.append(batch)
             layers.append(tuple(whole))
         return placed, _batch_cache_of(layers, length)
 
@@ -685,23 +683,28 @@ def _storage_ptr(tensor: torch.Tensor) -> int:
     return tensor.untyped_storage().data_ptr()
 
 
+def _rows_with_room(view: torch.Tensor, rows: int) -> torch.Tensor | None:
+    """The whole (rows, heads, capacity, head_dim) tensor laid out contiguously from the start of
+    `view`'s storage, when that storage holds exactly `rows` such rows; `view` is (B, heads,
+    length, head_dim) and capacity follows from the storage's size."""
+    _, heads, _, head_dim = view.shape
+    nbytes = view.untyped_storage().nbytes()
+    capacity = nbytes // (rows * heads * head_dim * view.element_size())
+    stride = (heads * capacity * head_dim, capacity * head_dim, head_dim, 1)
+    if nbytes != rows * stride[0] * view.element_size():
+        return None
+    return view.as_strided((rows, heads, capacity, head_dim), stride, 0)
+
+
 def _room_of(view: torch.Tensor, ptr: int) -> torch.Tensor | None:
     """The whole (1, heads, capacity, head_dim) tensor that `view` (1, heads, length, head_dim)
     starts, when its storage is at `ptr` and holds one such row with room past `length`."""
-    _, heads, length, head_dim = view.shape
-    storage = view.untyped_storage()
-    capacity = storage.nbytes() // (heads * head_dim * view.element_size())
-    stride = (heads * capacity * head_dim, capacity * head_dim, head_dim, 1)
-    if (
-        storage.data_ptr() != ptr
-        or view.shape[0] != 1
-        or capacity <= length
-        or storage.nbytes() != stride[0] * view.element_size()
-        or view.stride()[1:] != stride[1:]
-        or view.storage_offset() != 0
-    ):
+    if _storage_ptr(view) != ptr or view.shape[0] != 1 or view.storage_offset() != 0:
         return None
-    return view.as_strided((1, heads, capacity, head_dim), stride, 0)
+    row = _rows_with_room(view, 1)
+    if row is None or row.shape[2] <= view.shape[2] or view.stride()[1:] != row.stride()[1:]:
+        return None
+    return row
 
 
 def _batch_cache_of(rooms: Sequence[tuple[torch.Tensor, ...]], length: int) -> DynamicCache:
