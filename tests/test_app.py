@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -42,7 +44,16 @@ def wait_for_page(process: subprocess.Popen, url: str, timeout: float = 90) -> s
     raise AssertionError(f"no page at {url} within {timeout} s")
 
 
-def serve(args: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen, str]:
+@dataclass
+class AppRun:
+    """A `python app.py` started on a port of its own."""
+
+    process: subprocess.Popen
+    url: str
+    started: float  # time.monotonic() at its start
+
+
+def start_app(args: list[str], env: dict[str, str] | None = None) -> AppRun:
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "app.py", *args, "--port", str(port)],
@@ -52,7 +63,23 @@ def serve(args: list[str], env: dict[str, str] | None = None) -> tuple[subproces
         stderr=subprocess.PIPE,
         env={**os.environ, **(env or {})},
     )
-    return process, f"http://127.0.0.1:{port}/"
+    return AppRun(process, f"http://127.0.0.1:{port}/", time.monotonic())
+
+
+@pytest.fixture(scope="module")
+def apps(tiny_model_dir: Path) -> Iterator[dict[str, AppRun]]:
+    """The apps the tests below check, all started at once: each spends ~10 s importing torch,
+    transformers and Gradio, and side by side they take about half as long as one after another."""
+    runs = {
+        "model on the command line": start_app(["--model", str(tiny_model_dir)]),
+        "model from the environment": start_app([], env={"TOKSTEP_MODEL": str(tiny_model_dir)}),
+        "explicit gpt2 offline": start_app(["--model", "gpt2"], env={"HF_HUB_OFFLINE": "1"}),
+    }
+    if bundled_models():
+        runs["offline default"] = start_app([], env={"HF_HUB_OFFLINE": "1", "TOKSTEP_MODEL": ""})
+    yield runs
+    for run in runs.values():
+        stop(run.process)
 
 
 def stop(process: subprocess.Popen) -> str:
@@ -75,40 +102,31 @@ def test_unknown_model_exits_with_one_clear_line(monkeypatch):
     assert "pass a local directory" in result.stderr
 
 
-def test_model_from_the_command_line_serves_the_page(tiny_model_dir):
-    process, url = serve(["--model", str(tiny_model_dir)])
-    try:
-        config = wait_for_page(process, url)
-        assert str(tiny_model_dir) in config  # the page names the model it runs
-        elem_ids = {c.get("props", {}).get("elem_id") for c in json.loads(config)["components"]}
-        assert {"prompt", "tokens", "topk", "step", "autorun", "stop", "reset"} <= elem_ids
-    finally:
-        stop(process)
+def test_model_from_the_command_line_serves_the_page(apps, tiny_model_dir):
+    run = apps["model on the command line"]
+    config = wait_for_page(run.process, run.url)
+    assert str(tiny_model_dir) in config  # the page names the model it runs
+    elem_ids = {c.get("props", {}).get("elem_id") for c in json.loads(config)["components"]}
+    assert {"prompt", "tokens", "topk", "step", "autorun", "stop", "reset"} <= elem_ids
 
 
-def test_model_from_the_environment(tiny_model_dir):
-    process, url = serve([], env={"TOKSTEP_MODEL": str(tiny_model_dir)})
-    try:
-        assert str(tiny_model_dir) in wait_for_page(process, url)
-    finally:
-        stop(process)
+def test_model_from_the_environment(apps, tiny_model_dir):
+    run = apps["model from the environment"]
+    assert str(tiny_model_dir) in wait_for_page(run.process, run.url)
 
 
 @pytest.mark.skipif(not bundled_models(), reason="no bundled model in tokstep/models yet")
-def test_offline_default_falls_back_to_the_bundled_model():
-    started = time.monotonic()
-    process, url = serve([], env={"HF_HUB_OFFLINE": "1", "TOKSTEP_MODEL": ""})
-    try:
-        config = wait_for_page(process, url)
-        assert "bundled offline model" in config
-        assert time.monotonic() - started < 60
-    finally:
-        err = stop(process)
-    assert "tokstep: The default model 'gpt2' is not available here" in err
+def test_offline_default_falls_back_to_the_bundled_model(apps):
+    run = apps["offline default"]
+    config = wait_for_page(run.process, run.url)
+    assert "bundled offline model" in config
+    assert time.monotonic() - run.started < 60
+    assert "tokstep: The default model 'gpt2' is not available here" in stop(run.process)
 
 
-def test_explicit_gpt2_offline_fails_instead_of_falling_back():
-    result = run_app(["--model", "gpt2"], env={"HF_HUB_OFFLINE": "1"})
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    assert "Model 'gpt2'" in result.stderr
+def test_explicit_gpt2_offline_fails_instead_of_falling_back(apps):
+    run = apps["explicit gpt2 offline"]
+    _, err = run.process.communicate(timeout=90)
+    assert run.process.returncode != 0
+    assert "Traceback" not in err
+    assert "Model 'gpt2'" in err
