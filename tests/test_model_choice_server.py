@@ -169,14 +169,14 @@ def test_generate_names_its_model_argument_last(client):
 
 
 def test_app_offers_the_models_in_tokstep_models(tiny_model_dir, other_model_dir):
-    from test_app import serve, stop, wait_for_page
+    from test_app import start_app, stop, wait_for_page
 
     listed = f" {other_model_dir} ,, gpt2,{other_model_dir}"  # spaces, an empty entry, a repeat
-    process, url = serve([], env={"TOKSTEP_MODEL": str(tiny_model_dir), "TOKSTEP_MODELS": listed})
+    app = start_app([], env={"TOKSTEP_MODEL": str(tiny_model_dir), "TOKSTEP_MODELS": listed})
     try:
-        components = json.loads(wait_for_page(process, url))["components"]
+        components = json.loads(wait_for_page(app.process, app.url))["components"]
     finally:
-        stop(process)
+        stop(app.process)
     dropdown = next(c["props"] for c in components if c.get("props", {}).get("elem_id") == "model")
     assert [choice[1] for choice in dropdown["choices"]] == [str(tiny_model_dir), str(other_model_dir), "gpt2"]
     assert dropdown["value"] == str(tiny_model_dir)

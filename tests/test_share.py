@@ -6,7 +6,7 @@ import time
 
 from conftest import free_port
 from gradio_client import Client
-from test_app import serve, stop, wait_for_page
+from test_app import start_app, stop, wait_for_page
 
 from tokstep.share import SHARE_PROBE_TIMEOUT_S
 
@@ -18,7 +18,8 @@ def test_share_offline_says_so_in_one_line_and_keeps_serving(tiny_model_dir):
     env = {"HTTPS_PROXY": dead_proxy, "https_proxy": dead_proxy, "NO_PROXY": "127.0.0.1,localhost"}
     env["no_proxy"] = env["NO_PROXY"]
     started = time.monotonic()
-    process, url = serve(["--model", str(tiny_model_dir), "--share"], env=env)
+    app = start_app(["--model", str(tiny_model_dir), "--share"], env=env)
+    process, url = app.process, app.url
     try:
         wait_for_page(process, url)
         # Up within the model's load time plus the short probe, not Gradio's 30 s tunnel timeout.
