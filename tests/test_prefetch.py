@@ -238,6 +238,26 @@ def test_a_run_that_ended_or_was_stopped_is_not_counted_as_stepping_beside_the_n
     assert not batcher.should_prefetch("a new sequence")  # alone again: no pass waits for the ended runs
 
 
+def test_a_run_stopped_while_its_pass_runs_is_not_expected_back_when_that_pass_ends(accelerator_like_lm):
+    batcher = accelerator_like_lm.batcher
+    inside, resume = threading.Event(), threading.Event()
+
+    def hold(module, args, kwargs):  # pauses the pass inside the model
+        inside.set()
+        assert resume.wait(10)
+
+    hook = accelerator_like_lm.model.register_forward_pre_hook(hold, with_kwargs=True)
+    try:
+        request = batcher.submit([5, 17, 3], None, 0, sequence="stopped mid-pass")
+        assert inside.wait(10)  # the runner is running its pass
+        batcher.forget("stopped mid-pass")  # as a run's end does when Stop comes now
+    finally:
+        hook.remove()
+        resume.set()
+    batcher.wait(request)  # the pass ran to its end
+    assert not batcher.should_prefetch("a new sequence")  # nobody is counted as stepping beside it
+
+
 def test_the_pages_auto_run_is_not_counted_as_stepping_once_it_ended_or_was_stopped(accelerator_like_lm):
     batcher = accelerator_like_lm.batcher
     stepper = TokenStepper.from_text(accelerator_like_lm, PROMPTS[1])

@@ -97,6 +97,7 @@ class ForwardRequest:
     result: ForwardResult | None = None
     error: BaseException | None = None
     done: bool = False
+    forgotten: bool = False  # its run ended while its pass ran: the pass does not expect it back
 
 
 def is_batchable(cache: Cache | None, n_new: int, check_initialized: bool = True) -> bool:
@@ -148,6 +149,7 @@ class ForwardBatcher:
         self._runner_needed = threading.Condition(self._lock)  # the runner: requests queued, nobody to lead
         self._queue: list[ForwardRequest] = []
         self._running = False  # a thread is leading a pass
+        self._in_pass: list[ForwardRequest] = []  # the requests of the pass running now
         self._waiters = 0  # threads in `wait`: one of them leads the next pass
         self._runner: threading.Thread | None = None  # started by the first `submit`
         # Prefetching (TokenStepper.prefetch) lets the runner thread run a sequence's next pass
@@ -284,11 +286,12 @@ class ForwardBatcher:
                 with self._lock:
                     self._gather()
                     batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+                    self._in_pass = batch
                 self._run(batch)
                 self._remember(batch)
         finally:
             self._lock.acquire()
-            self._running = False
+            self._running, self._in_pass = False, []
             self._pass_ended.notify_all()  # their requests are answered, or one of them leads next
             self._call_runner_if_needed()
 
@@ -341,7 +344,8 @@ class ForwardBatcher:
         self._recent_window_s = RECENT_PASSES * self._last_pass_s + RECENT_SLACK_S
         with self._lock:
             for request in batch:
-                self._recent[request.sequence] = now
+                if not request.forgotten:
+                    self._recent[request.sequence] = now
             for sequence, seen in list(self._recent.items()):
                 if now - seen > self._recent_window_s:
                     del self._recent[sequence]
@@ -360,10 +364,12 @@ class ForwardBatcher:
     def forget(self, sequence: Hashable) -> None:
         """`sequence`'s run has ended: the next passes do not wait for it (see _gather), and it no
         longer counts as a class stepping beside the next lone run (see should_prefetch). A pass
-        that was already running for it (a run stopped mid-pass) notes it once more as it ends,
-        and it is expected for that pass's short window (RECENT_PASSES) only."""
+        running for it now (a run stopped mid-pass) does not note it again as it ends."""
         with self._lock:
             self._recent.pop(sequence, None)
+            for request in self._in_pass:
+                if request.sequence == sequence:
+                    request.forgotten = True
 
     def should_prefetch(self, sequence: Hashable) -> bool:
         """Whether `sequence` should queue its next pass ahead (see `prefetches_alone`): always on
