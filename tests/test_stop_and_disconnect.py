@@ -13,6 +13,11 @@ from conftest import SETTINGS, wait_for_count
 from gradio_client import Client
 from test_server import generated_ids, greedy
 
+import tokstep
+from tokstep.engine import TokenStepper
+from tokstep.ui import autorun
+from tokstep.views import ViewSettings
+
 PROMPT = "Once upon a time"
 SPEED = 5.0  # tokens per second: one step every 0.2 s
 
@@ -106,3 +111,45 @@ def test_a_dropped_client_ends_the_run(server_url, tiny_lm):
         assert "two tokens" in result.stdout, result.stderr
         time.sleep(0.6)
         assert passes_after(counter, 1.5) == 0
+
+
+def test_a_stopped_auto_run_takes_no_step_after_the_stop(tiny_lm):
+    # Cancelling Auto-run does not stop the thread running it: resumed after Stop (from its pause,
+    # or from a pass it waited on), it must not append a token the page will never show.
+    stepper = TokenStepper.from_text(tiny_lm, PROMPT)
+    updates = autorun(stepper, ViewSettings(), 10, 0.0)
+    next(updates)
+    shown = list(stepper.ids)
+    stepper.stop_runs()  # as the page's Stop does
+    assert list(updates) == []
+    assert stepper.ids == shown
+    assert len(list(autorun(stepper, ViewSettings(), 2, 0.0))) == 2  # a new Auto-run runs as usual
+
+
+def test_stop_waits_for_the_step_in_progress_and_keeps_its_token(tiny_lm):
+    stepper = TokenStepper.from_text(tiny_lm, PROMPT)
+    updates = autorun(stepper, ViewSettings(), 10, 0.0)
+    next(updates)
+    inside, resume = threading.Event(), threading.Event()
+
+    def hold(module, args, kwargs):  # pauses the run's next pass inside the model
+        inside.set()
+        assert resume.wait(10)
+
+    hook = tiny_lm.model.register_forward_pre_hook(hold, with_kwargs=True)
+    try:
+        run = threading.Thread(target=next, args=(updates,))
+        run.start()  # the run's thread takes its next step, whose pass is held
+        assert inside.wait(10)
+        stop = threading.Thread(target=stepper.stop_runs)
+        stop.start()
+        stop.join(0.3)
+        assert stop.is_alive()  # Stop waits for the step in progress
+    finally:
+        hook.remove()
+        resume.set()
+    run.join(10)
+    stop.join(10)
+    length = len(stepper.ids)
+    assert length == len(tokstep.tokenize(tiny_lm.tokenizer, PROMPT)) + 2  # that step's token is kept
+    assert list(updates) == [] and len(stepper.ids) == length  # and nothing after it

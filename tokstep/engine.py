@@ -98,6 +98,10 @@ class UndoError(ValueError):
     """Undo asked for when no generated token is left: only the prompt remains."""
 
 
+class RunStopped(Exception):
+    """A run of steps was stopped (TokenStepper.stop_runs) before this step of it began."""
+
+
 def rank_bucket(rank: int) -> RankBucket:
     """The band a 1-based rank falls in: "top 1", "top 10", "top 100" or "beyond"."""
     if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
@@ -177,6 +181,7 @@ class TokenStepper:
         self._prefetched: ForwardRequest | None = None
         self._lock = threading.Lock()  # one step at a time per sequence
         self._prompt_scores: list[TokenScore] | None = None
+        self._runs_stopped = 0  # how many times stop_runs was called: runs started before it end
 
     @classmethod
     def from_text(cls, lm: LanguageModel, prompt: str) -> TokenStepper:
@@ -264,6 +269,21 @@ class TokenStepper:
         with self._lock:
             self._drop_prefetch()
 
+    def start_run(self) -> int:
+        """A mark for a run of steps about to start: `step(run=mark)` raises RunStopped once
+        `stop_runs` has been called since."""
+        with self._lock:
+            return self._runs_stopped
+
+    def stop_runs(self) -> None:
+        """Stop every run of steps started so far (see `start_run`). A step in progress ends
+        first, and this waits for it; no step of those runs begins afterwards. So a page that
+        shows the sequence once this returns shows every token its stopped runs appended: a
+        run's thread that resumes after the stop (a server cancelling it does not stop that
+        thread) takes no further step."""
+        with self._lock:
+            self._runs_stopped += 1
+
     def end_run(self) -> None:
         """A run of steps ended (finished or stopped): withdraw its prefetched pass, and tell the
         batcher not to expect this sequence back, so no pass waits for it."""
@@ -322,7 +342,13 @@ class TokenStepper:
         with self._lock:
             return top_k(self.lm, self._forward_pending(), k)
 
-    def step(self, top_k_size: int = 5, token_id: int | None = None, sampling: SamplingSettings | None = None) -> Step:
+    def step(
+        self,
+        top_k_size: int = 5,
+        token_id: int | None = None,
+        sampling: SamplingSettings | None = None,
+        run: int | None = None,
+    ) -> Step:
         """Append one token and return its Step. The token is, in this order of precedence:
 
         - `token_id` when given (chosen_by "user"),
@@ -332,12 +358,15 @@ class TokenStepper:
 
         `prob`, `top` and `rest_prob` are always the model's own probabilities. With
         `sampling` (also for a user's token), the Step also says what the sampler gave the
-        chosen token and each token of `top`. Raises PromptError when the context is full.
+        chosen token and each token of `top`. Raises PromptError when the context is full, and
+        RunStopped when `run` (a mark from `start_run`) was stopped.
         """
         check_top_k(self.lm, top_k_size)
         if sampling is not None and not isinstance(sampling, SamplingSettings):
             raise TypeError(f"sampling must be a SamplingSettings or None, got {type(sampling).__name__}.")
         with self._lock:
+            if run is not None and run != self._runs_stopped:
+                raise RunStopped("This run was stopped: no more steps are taken for it.")
             if self.room_left is not None and self.room_left <= 0:
                 raise PromptError(context_full_message(self.lm))
             summary = self._forward_pending()

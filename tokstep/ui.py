@@ -33,7 +33,7 @@ from tokstep.api import generate_updates, model_or_error, new_stepper, number, s
 from tokstep.assets import JS
 from tokstep.assets import LAUNCH_OPTIONS as PAGE_OPTIONS
 from tokstep.chat_ui import add_chat
-from tokstep.engine import STOP_REASON_TEXT, PromptError, TokenStepper, context_full_message
+from tokstep.engine import STOP_REASON_TEXT, PromptError, RunStopped, TokenStepper, context_full_message
 from tokstep.loading import LanguageModel, ModelLoadError
 from tokstep.model_choice import ModelCache, allowed_models
 from tokstep.presets import Preset, apply_preset, has_preset, link_reproduces, parse_preset, preset_query
@@ -163,10 +163,14 @@ def autorun(stepper: TokenStepper, settings: ViewSettings, n_tokens: int, pause_
         gr.Warning(context_full_message(stepper.lm))
         yield render(stepper, settings, f"**Stopped:** {STOP_REASON_TEXT['context_full']}.")
         return
+    run = stepper.start_run()
     try:
         for count in range(1, n_tokens + 1):
             started = time.monotonic()
-            step = stepper.step(settings.top_k, sampling=settings.sampling)
+            try:
+                step = stepper.step(settings.top_k, sampling=settings.sampling, run=run)
+            except RunStopped:  # Stop, Undo or a pick came: the page shows the sequence as it is
+                return
             note = step_note(step)
             if step.stop_reason is None and count == n_tokens:
                 note += f" **Stopped:** {STOP_REASON_TEXT['max_new_tokens']}."
@@ -181,6 +185,7 @@ def autorun(stepper: TokenStepper, settings: ViewSettings, n_tokens: int, pause_
 
 def undo(stepper: TokenStepper, settings: ViewSettings) -> tuple[Any, ...]:
     """Take back the last generated token: the page is as it was before it."""
+    stepper.stop_runs()  # Undo cancels Auto-run: a step of it may not land after the undo
     if not stepper.can_undo:
         gr.Warning("Nothing to undo: only the prompt is left.")
         return render(stepper, settings, "Nothing to undo: only the prompt is left.")
@@ -416,6 +421,15 @@ def create_demo(
         def on_undo(stepper: TokenStepper | None, name: str, text: Any, *values: Any) -> tuple[Any, ...]:
             return undo(current(lm_for(name), stepper, text), read_settings(*values))
 
+        def on_stop(stepper: TokenStepper | None, *values: Any) -> tuple[Any, ...]:
+            # Cancelling Auto-run does not stop the thread running its current step: that step
+            # may still append a token after the page's last update. Wait for it, and show the
+            # sequence as it is.
+            if stepper is None:
+                return tuple(gr.skip() for _ in view)
+            stepper.stop_runs()
+            return render(stepper, read_settings(*values), "**Stopped.**")
+
         def on_edit(stepper: TokenStepper | None, name: str, text: Any, *values: Any) -> tuple[Any, ...]:
             # A link or a run file set the prompt together with its state: nothing to redo.
             if stepper is not None and stepper.prompt_text == text:
@@ -540,6 +554,7 @@ def create_demo(
             token_id = token_id_of_label_key(str(event.value))
             chosen = read_settings(k, how, temp, sample_k, p, draw_seed, score)
             stepper = current(lm_for(name), stepper, text)
+            stepper.stop_runs()  # a pick cancels Auto-run: none of its steps may land after the pick
             if token_id is None:
                 return render(stepper, chosen)
             return append(stepper, chosen, token_id=token_id)
@@ -615,7 +630,11 @@ def create_demo(
         # Choosing an example changes the prompt box, which starts over (the change event above).
         examples = gr.Examples([[DEFAULT_PROMPT], [NOTEBOOK_PROMPT]], inputs=prompt_box, label="Example prompts")
         examples.dataset.click(None, cancels=[autorun_event, step_event])
-        stop_button.click(None, cancels=[autorun_event])
+        # No queue limit: a class pressing Stop at once is not served one by one.
+        stop_button.click(
+            on_stop, inputs=[state, *settings], outputs=view, api_visibility="private",
+            cancels=[autorun_event], concurrency_limit=None, **raw,
+        )  # fmt: skip
 
         def generate(
             prompt: str,
