@@ -20,6 +20,7 @@ from tokstep.chat import (
     end_of_turn_ids,
     start_turn,
 )
+from tokstep.engine import RunStopped
 from tokstep.loading import LanguageModel
 from tokstep.testing import save_tiny_chat_model
 
@@ -232,3 +233,15 @@ def test_chat_turn_refuses_an_empty_conversation_and_bad_messages(chat_lm):
         ChatTurn(chat_lm, [])
     with pytest.raises(ChatError, match="role"):
         ChatTurn(chat_lm, [{"role": "wizard", "content": "x"}])
+
+
+def test_a_stopped_run_of_the_reply_takes_no_further_step(chat_lm):
+    # The chat's Auto-run steps with its run's mark; Stop, Undo, a pick, Send and Clear stop it.
+    turn = start_turn(chat_lm, [], MESSAGE)
+    run = turn.stepper.start_run()
+    first = turn.step(run=run)
+    turn.stepper.stop_runs()
+    with pytest.raises(RunStopped):
+        turn.step(run=run)
+    assert turn.stepper.generated_ids == [first.token_id]
+    assert turn.step().token_id == turn.stepper.generated_ids[-1]  # a step outside that run goes on

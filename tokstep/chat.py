@@ -197,8 +197,15 @@ class ChatTurn:
         """The reply so far as text (tokens decoded together, so split characters join up)."""
         return self.lm.texts.decode(self.reply_ids)
 
-    def step(self, top_k_size: int = 5, token_id: int | None = None, sampling: SamplingSettings | None = None) -> Step:
-        """Append one token to the reply (the engine's `TokenStepper.step`); ChatError once the turn is over."""
+    def step(
+        self,
+        top_k_size: int = 5,
+        token_id: int | None = None,
+        sampling: SamplingSettings | None = None,
+        run: int | None = None,
+    ) -> Step:
+        """Append one token to the reply (the engine's `TokenStepper.step`, `run` included); ChatError
+        once the turn is over."""
         if self.ended_by_model:
             raise ChatError(
                 "The assistant's turn is over: it wrote its end-of-turn token. "
@@ -206,7 +213,7 @@ class ChatTurn:
             )
         if self.context_full:
             raise ChatError(context_full_message(self.lm).replace("Reset", "Clear the chat"))
-        return self.stepper.step(top_k_size, token_id=token_id, sampling=sampling)
+        return self.stepper.step(top_k_size, token_id=token_id, sampling=sampling, run=run)
 
     def undo(self) -> Step:
         """Take back the reply's last token; ChatError when the reply has none."""

@@ -23,7 +23,7 @@ from tokstep.api import number, sampling_settings, whole_number
 from tokstep.assets import PROMPT_COLOR, RANK_COLORS
 from tokstep.chat import NO_TEMPLATE_MESSAGE as NO_TEMPLATE
 from tokstep.chat import ChatError, ChatSession, ChatTurn, TokenKind, has_chat_template
-from tokstep.engine import Step
+from tokstep.engine import RunStopped, Step
 from tokstep.loading import LanguageModel
 from tokstep.sampling import SamplingSettings
 from tokstep.tokens import visible_whitespace
@@ -256,9 +256,15 @@ def add_chat(model_choice: gr.Component, lm_for: Callable[[Any], LanguageModel],
     def on_view(session: Any, name: Any, *values: Any) -> tuple[Any, ...]:
         return render(session_for(session, name), read_settings(*values))
 
+    def stop_runs(session: ChatSession) -> None:
+        """Events that cancel Auto-run wait for its step in progress: none lands after them."""
+        if session.turn is not None:
+            session.turn.stepper.stop_runs()
+
     def on_send(session: Any, name: Any, text: Any, *values: Any) -> tuple[Any, ...]:
         chosen = read_settings(*values)
         session = session_for(session, name)
+        stop_runs(session)
         try:
             turn = session.send(text)
         except ChatError as error:
@@ -286,6 +292,7 @@ def add_chat(model_choice: gr.Component, lm_for: Callable[[Any], LanguageModel],
         # Named parameters: Gradio passes the event data by the annotation of a named one.
         chosen = read_settings(show, k, how, temp, draw_seed)
         session = session_for(session, name)
+        stop_runs(session)
         token_id = token_id_of_label_key(str(event.value))
         if token_id is None:
             return render(session, chosen)
@@ -300,10 +307,14 @@ def add_chat(model_choice: gr.Component, lm_for: Callable[[Any], LanguageModel],
         if turn is None or turn.over:
             yield append(session, chosen)  # says why nothing can be written
             return
+        run = turn.stepper.start_run()
         try:
             for count in range(1, n + 1):
                 started = time.monotonic()
-                step = turn.step(chosen.top_k, sampling=chosen.sampling)
+                try:
+                    step = turn.step(chosen.top_k, sampling=chosen.sampling, run=run)
+                except RunStopped:  # Stop, Undo, a pick, Send or Clear came: the view shows the turn as it is
+                    return
                 note = chat_note(step, turn)
                 if not turn.over and count == n:
                     note += f" **Stopped:** Auto-run wrote the {n} tokens asked for; Auto-run again to go on."
@@ -318,6 +329,7 @@ def add_chat(model_choice: gr.Component, lm_for: Callable[[Any], LanguageModel],
     def on_undo(session: Any, name: Any, *values: Any) -> tuple[Any, ...]:
         chosen = read_settings(*values)
         session = session_for(session, name)
+        stop_runs(session)
         if session.turn is None:
             return refused(session, chosen, ChatError("Nothing to undo: no reply is being written."))
         try:
@@ -328,6 +340,7 @@ def add_chat(model_choice: gr.Component, lm_for: Callable[[Any], LanguageModel],
 
     def on_clear(session: Any, name: Any, *values: Any) -> tuple[Any, ...]:
         session = session_for(session, name)
+        stop_runs(session)
         session.clear()
         return render(session, read_settings(*values), "The chat is cleared.")
 
@@ -355,7 +368,17 @@ def add_chat(model_choice: gr.Component, lm_for: Callable[[Any], LanguageModel],
     # The Chatbot's own trash button empties it in the browser: the session starts over too.
     chatbot.clear(on_clear, inputs=[state, model_choice, *settings], outputs=view, cancels=runs, **private)
     topk.select(on_pick, inputs=[state, model_choice, *settings], outputs=view, cancels=[autorun_event], **private)
-    stop_button.click(None, cancels=[autorun_event])
+
+    def on_stop(session: Any, name: Any, *values: Any) -> tuple[Any, ...]:
+        # As the page's Stop: the cancelled run's step in progress may still append a token.
+        session = session_for(session, name)
+        stop_runs(session)
+        return render(session, read_settings(*values), "**Stopped.**")
+
+    stop_button.click(
+        on_stop, inputs=[state, model_choice, *settings], outputs=view, cancels=[autorun_event],
+        concurrency_limit=None, **private,
+    )  # fmt: skip
     # A changed setting or model redraws the view; so does the page's first load.
     triggers = [control.change for control in settings]
     if hasattr(model_choice, "change"):
