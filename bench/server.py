@@ -12,9 +12,10 @@ For each model, in one run and alternating so that a change in the machine's loa
            its own, got each token 1-2 ms after the server yielded it; see docs/performance.md)
 
 Per token means end to end: (time from the request to the last token) / tokens, so everything
-the server adds counts, including that Gradio's event stream sends what is ready every 50 ms or
-so (tokens arrive in bursts: a steady-state figure from first to last token would be off by up
-to a burst over the run). Overhead per token = server - engine (issue 6's target: <= 3 ms). The
+the server adds counts, and so does `gradio_client`'s stream reader, which sleeps 50 ms whenever
+no message is waiting (tokens arrive in bursts: a steady-state figure from first to last token
+would be off by up to a burst over the run; the page-like client does not poll). Overhead per
+token = server - engine (issue 6's target: <= 3 ms). The
 engine and the server run the same weights (GPT-2-small shape is seeded) and the script checks
 that both wrote the same tokens.
 
@@ -189,7 +190,7 @@ def main() -> None:
         "\nms/tok: from the request to the last token, per token, as the client receives them."
         "\noverhead: server - engine per token (issue 6's target: <= 3 ms); server/engine: the share of the"
         "\nengine's speed a streaming client sees. 1st ms: from the request to the first token. server steady:"
-        "\n(last token - first token) / (tokens - 1) at the client (bursty: Gradio sends every ~50 ms)."
+        "\n(last token - first token) / (tokens - 1) at the client (bursty: gradio_client's reader polls every 50 ms)."
         "\npage-like: the same request from a client that speaks the queue protocol as the page does;"
         "\nsame tokens: the engine and both clients got the same tokens."
     )
