@@ -546,14 +546,15 @@ class ForwardBatcher:
                 if batch is None or batch.shape[2] < length:
                     return None
                 _, heads, _, head_dim = batch.shape
+                ptr, stride = _storage_ptr(batch), batch.stride()  # read once: the loop runs per row
                 for row, (request, cache) in enumerate(zip(placed, caches, strict=True)):
                     view = getattr(cache.layers[index], name)
                     start = rows[request.sequence][1]
                     if (
-                        view.untyped_storage().data_ptr() != batch.untyped_storage().data_ptr()
+                        _storage_ptr(view) != ptr
                         or tuple(view.shape) != (1, heads, length - start, head_dim)
-                        or view.stride() != batch.stride()
-                        or view.storage_offset() != row * batch.stride()[0] + start * head_dim
+                        or view.stride() != stride
+                        or view.storage_offset() != row * stride[0] + start * head_dim
                         or request.cached != length - start
                     ):
                         return None
