@@ -28,7 +28,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import httpx
@@ -111,12 +114,39 @@ def run_page_like(url: str, event: int, prompt: str, n: int) -> Run:
     return asyncio.run(stream())
 
 
+def batcher_counters(batcher) -> dict[str, float]:  # batcher: tokstep.batching.ForwardBatcher
+    """The counters a server's status reports, read from a batcher in this process."""
+    return {"passes": batcher.passes, "pass_seconds": batcher.pass_seconds}
+
+
+@dataclass
+class PassClock:
+    """Forward passes run and the time spent in them, summed over timed stretches of a run."""
+
+    passes: int = 0
+    seconds: float = 0.0
+
+    @contextmanager
+    def timing(self, read_counters: Callable[[], dict[str, float]]) -> Iterator[None]:
+        """Add what a batcher's counters (`passes`, `pass_seconds`) grew by during the block."""
+        before = read_counters()
+        yield
+        after = read_counters()
+        self.passes += int(after["passes"] - before["passes"])
+        self.seconds += after["pass_seconds"] - before["pass_seconds"]
+
+    @property
+    def mean_ms(self) -> float:
+        return self.seconds * 1000 / self.passes if self.passes else math.nan
+
+
 def bench_model(name: str, n: int, repeats: int, device: str | None, torch_threads: int | None) -> list[str]:
     from gradio_client import Client
 
     lm = build_model(name, device)
     prompt = lm.tokenizer.decode(prompt_ids(lm, PROMPT_TOKENS))
     engine_runs, server_runs, page_runs = [], [], []
+    engine_passes, server_passes = PassClock(), PassClock()
     with bench_server(name, device, torch_threads) as server:
         client = Client(server.url, verbose=False, analytics_enabled=False)
         event = fn_index(server.url, "/generate")
@@ -125,9 +155,11 @@ def bench_model(name: str, n: int, repeats: int, device: str | None, torch_threa
         run_server(client, prompt, n)
         run_page_like(server.url, event, prompt, n)
         for _ in range(repeats):
-            engine_runs.append(run_engine(lm, prompt, n, device))
-            server_runs.append(run_server(client, prompt, n))
-            page_runs.append(run_page_like(server.url, event, prompt, n))
+            with engine_passes.timing(lambda: batcher_counters(lm.batcher)):
+                engine_runs.append(run_engine(lm, prompt, n, device))
+            with server_passes.timing(server.status):
+                server_runs.append(run_server(client, prompt, n))
+                page_runs.append(run_page_like(server.url, event, prompt, n))
         client.close()
     engine_ms = median([run.per_token_ms for run in engine_runs])
     server_ms = median([run.per_token_ms for run in server_runs])
@@ -147,6 +179,8 @@ def bench_model(name: str, n: int, repeats: int, device: str | None, torch_threa
         fmt(median([run.steady_ms for run in server_runs]), 2),
         fmt(median([run.per_token_ms for run in page_runs]), 2),
         fmt(median([run.first_ms for run in page_runs])),
+        fmt(engine_passes.mean_ms, 2),
+        fmt(server_passes.mean_ms, 2),
         "yes" if same else "NO",
         verdict(overhead <= OVERHEAD_TARGET_MS),
     ]
@@ -179,7 +213,7 @@ def main() -> None:
     headers = [
         "model", "tokens", "engine ms/tok", "server ms/tok", "overhead ms/tok", "engine tok/s", "server tok/s",
         "server/engine", "engine 1st ms", "server 1st ms", "server steady", "page-like ms/tok", "page-like 1st ms",
-        "same tokens",
+        "engine pass ms", "server pass ms", "same tokens",
         f"overhead <= {OVERHEAD_TARGET_MS:g} ms",
     ]  # fmt: skip
     rows = []
@@ -192,6 +226,9 @@ def main() -> None:
         "\nengine's speed a streaming client sees. 1st ms: from the request to the first token. server steady:"
         "\n(last token - first token) / (tokens - 1) at the client (bursty: gradio_client's reader polls every 50 ms)."
         "\npage-like: the same request from a client that speaks the queue protocol as the page does;"
+        "\npass ms: the mean forward pass (summaries included) in the engine's runs and in the server's, from each"
+        "\nmodel's batcher: server pass - engine pass is the part of the overhead spent in slower passes (the"
+        "\nserver's and the clients' work sharing the cores with them), the rest is spent between passes;"
         "\nsame tokens: the engine and both clients got the same tokens."
     )
 
