@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # the server scripts' parent process never needs torch or tra
     import torch
     from transformers import PreTrainedTokenizerBase
 
+    from tokstep.batching import ForwardBatcher
     from tokstep.loading import LanguageModel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -219,6 +220,17 @@ def reset_peak(pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def batcher_counters(batcher: ForwardBatcher) -> dict[str, float]:
+    """A batcher's counters as a server's status reports them (see BenchServer.status): `passes`,
+    `served`, `largest_batch`, `pass_seconds`."""
+    return {
+        "passes": batcher.passes,
+        "served": batcher.served,
+        "largest_batch": batcher.largest_batch,
+        "pass_seconds": batcher.pass_seconds,
+    }
 
 
 @dataclass

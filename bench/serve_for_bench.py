@@ -27,7 +27,7 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from bench.common import GPT2_SMALL_SHAPE, build_model, proc_memory_mib, quiet_transformers
+from bench.common import GPT2_SMALL_SHAPE, batcher_counters, build_model, proc_memory_mib, quiet_transformers
 
 if TYPE_CHECKING:
     from tokstep.batching import ForwardBatcher
@@ -39,10 +39,7 @@ def trim_and_report(status_file: Path | None, batcher: ForwardBatcher) -> None:
     if status_file is not None:
         status = {
             "rss_mib": proc_memory_mib(os.getpid())["VmRSS"],
-            "passes": batcher.passes,
-            "served": batcher.served,
-            "largest_batch": batcher.largest_batch,
-            "pass_seconds": batcher.pass_seconds,
+            **batcher_counters(batcher),
         }
         partial = status_file.with_suffix(".partial")
         partial.write_text(json.dumps(status))

@@ -39,6 +39,7 @@ import httpx
 from bench.common import (
     BUNDLED,
     GPT2_SMALL_SHAPE,
+    batcher_counters,
     bench_server,
     build_model,
     fmt,
@@ -112,11 +113,6 @@ def run_page_like(url: str, event: int, prompt: str, n: int) -> Run:
         return Run(arrivals, ids)
 
     return asyncio.run(stream())
-
-
-def batcher_counters(batcher) -> dict[str, float]:  # batcher: tokstep.batching.ForwardBatcher
-    """The counters a server's status reports, read from a batcher in this process."""
-    return {"passes": batcher.passes, "pass_seconds": batcher.pass_seconds}
 
 
 @dataclass
