@@ -12,12 +12,12 @@ import argparse
 import os
 import sys
 
-from tokstep.allocator import limit_malloc_arenas
-from tokstep.loading import ModelLoadError
-from tokstep.model_choice import parse_models
-from tokstep.share import launch
-from tokstep.startup import load_for_app
-from tokstep.ui import LAUNCH_OPTIONS, create_demo
+from tokstep.core.loading import ModelLoadError
+from tokstep.runtimes.allocator import limit_malloc_arenas
+from tokstep.web.model_choice import parse_models
+from tokstep.web.page import LAUNCH_OPTIONS, create_demo
+from tokstep.web.share import launch
+from tokstep.web.startup import load_for_app
 
 DEFAULT_MODEL = "gpt2"
 

@@ -41,8 +41,8 @@ from bench.common import (
     quiet_transformers,
     synchronize,
 )
-from tokstep.loading import LanguageModel
-from tokstep.packed_linear import PackedLinear
+from tokstep.core.loading import LanguageModel
+from tokstep.runtimes.packed_linear import PackedLinear
 
 PROMPT_TOKENS = 8
 KV_CONTEXTS = (8, 128, 512, 1024)

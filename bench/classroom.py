@@ -69,10 +69,10 @@ from bench.common import (
     verdict,
 )
 from bench.sse_client import fn_index, greedy_arguments, stream_outputs
-from tokstep.engine import STOP_REASON_TEXT
-from tokstep.kv_budget import DEFAULT_WARM_SEQUENCES
-from tokstep.ui import DEFAULT_SPEED
-from tokstep.views import VIEW_OUTPUTS
+from tokstep.core.stepper import STOP_REASON_TEXT
+from tokstep.runtimes.warm_set import DEFAULT_WARM_SEQUENCES
+from tokstep.web.page import DEFAULT_SPEED
+from tokstep.web.views import VIEW_OUTPUTS
 
 LEVELS = (10, 30, 60)
 TOKENS = 32

@@ -29,8 +29,8 @@ if TYPE_CHECKING:  # the server scripts' parent process never needs torch or tra
     import torch
     from transformers import PreTrainedTokenizerBase
 
-    from tokstep.batching import ForwardBatcher
-    from tokstep.loading import LanguageModel
+    from tokstep.core.loading import LanguageModel
+    from tokstep.runtimes.batched import ForwardBatcher
 
 ROOT = Path(__file__).resolve().parents[1]
 GPT2_SMALL_SHAPE = "gpt2-small-shape"  # the name the scripts and serve_for_bench take for it
@@ -65,7 +65,7 @@ def build_model(name: str, device: str | None = None, pack_weights: bool = True)
     `device` ("cpu", "cuda", ...) moves the GPT-2-small-shape model there, in bf16/fp16 on a GPU
     as tokstep.load does; a loaded model goes where tokstep.load puts it (a GPU when there is one)
     unless a device is given. `pack_weights=False` keeps plain linear layers on a CPU (see
-    tokstep.packed_linear)."""
+    tokstep.runtimes.packed_linear)."""
     import tokstep
 
     if name == GPT2_SMALL_SHAPE:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from bench.common import GPT2_SMALL_SHAPE, batcher_counters, build_model, proc_memory_mib, quiet_transformers
 
 if TYPE_CHECKING:
-    from tokstep.batching import ForwardBatcher
+    from tokstep.runtimes.batched import ForwardBatcher
 
 
 def trim_and_report(status_file: Path | None, batcher: ForwardBatcher) -> None:
@@ -55,8 +55,8 @@ def main() -> None:
     parser.add_argument("--status-file", type=Path, default=None, help="where SIGUSR1 writes the trimmed RSS")
     args = parser.parse_args()
 
-    from tokstep.allocator import limit_malloc_arenas
-    from tokstep.ui import LAUNCH_OPTIONS, create_demo
+    from tokstep.runtimes.allocator import limit_malloc_arenas
+    from tokstep.web.page import LAUNCH_OPTIONS, create_demo
 
     limit_malloc_arenas()  # as app.py does
 

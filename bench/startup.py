@@ -6,7 +6,7 @@ Three parts, all in fresh processes (a warm process would hide the imports):
   phases       what app.py does, timed one by one in a child process: Python itself, the
                imports, loading the model, create_demo, launch (until it returns), and the first
                GET of the page; medians over repetitions
-  imports      `python -X importtime -c "import tokstep.ui"`: the import time of each top-level
+  imports      `python -X importtime -c "import tokstep.web.page"`: the import time of each top-level
                package (its modules' own time summed, so nothing is counted twice) and the
                largest single imports with what they pull in
 
@@ -75,9 +75,9 @@ def child_phases(model: str) -> None:
     import transformers  # noqa: F401
 
     mark("import torch, transformers")
-    from tokstep.share import launch  # noqa: F401  (app.py's imports, in app.py's order)
-    from tokstep.startup import load_for_app
-    from tokstep.ui import LAUNCH_OPTIONS, create_demo
+    from tokstep.web.page import LAUNCH_OPTIONS, create_demo
+    from tokstep.web.share import launch  # noqa: F401  (app.py's imports, in app.py's order)
+    from tokstep.web.startup import load_for_app
 
     mark("import tokstep (the rest)")
     lm, notice = load_for_app(model, env_model=None, default="gpt2")
@@ -155,10 +155,10 @@ def heavy_imports(roots: list[Import], threshold: float) -> list[ImportRow]:
 
 
 def import_breakdown(top: int, threshold: float) -> tuple[list[tuple[str, float]], list[ImportRow], float]:
-    """From `python -X importtime -c "import tokstep.ui"`: seconds per top-level package (its
+    """From `python -X importtime -c "import tokstep.web.page"`: seconds per top-level package (its
     modules' own time summed), the import tree pruned to imports over `threshold` seconds, total."""
     stderr = subprocess.run(
-        [sys.executable, "-X", "importtime", "-c", "import tokstep.ui"],
+        [sys.executable, "-X", "importtime", "-c", "import tokstep.web.page"],
         cwd=ROOT, env=ENV, capture_output=True, text=True, check=True,
     ).stderr  # fmt: skip
     roots = importtime_tree(stderr)
@@ -210,7 +210,9 @@ def main() -> None:
     print_table(["phase", "s", "%"], [*rows, ["total", fmt(total, 2), "100"]], markdown=args.markdown)
 
     packages, largest, import_total = import_breakdown(args.top, args.threshold)
-    print(f"\nimport tokstep.ui under -X importtime ({import_total:.2f} s in all; importtime adds its own overhead):")
+    print(
+        f"\nimport tokstep.web.page under -X importtime ({import_total:.2f} s in all; importtime adds its own cost):"
+    )
     print_table(
         ["package", "own s", "%"],
         [[name, fmt(seconds, 2), fmt(100 * seconds / import_total, 0)] for name, seconds in packages],

@@ -16,9 +16,9 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
 
 import tokstep
-import tokstep.batching
+import tokstep.runtimes.batched
 import tokstep.testing
-from tokstep.loading import LanguageModel
+from tokstep.core.loading import LanguageModel
 
 # Tests never reach the Hub; the loader's "is it cached / is the Hub there" checks stay local.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -60,10 +60,10 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, gpt2_tokenizer: GPT
 @pytest.fixture(autouse=True)
 def room_for_every_sequence_stepping_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     """The suite's models are tiny: their caches stay below the size from which a sequence
-    stepping alone gets room of its own (tokstep.batching.ALONE_ROOM_MIN_BYTES), so every test
+    stepping alone gets room of its own (tokstep.runtimes.batched.ALONE_ROOM_MIN_BYTES), so every test
     that steps alone would miss that path. In tests every such sequence gets it; servers the
     tests start in processes of their own keep the real threshold."""
-    monkeypatch.setattr(tokstep.batching, "ALONE_ROOM_MIN_BYTES", 0)
+    monkeypatch.setattr(tokstep.runtimes.batched, "ALONE_ROOM_MIN_BYTES", 0)
 
 
 @pytest.fixture(scope="session")
@@ -97,7 +97,7 @@ def free_port() -> int:
 @contextmanager
 def serving(demo, **options) -> Iterator[str]:
     """Launch `demo` on a free localhost port as the app does (LAUNCH_OPTIONS); yield its URL."""
-    from tokstep.ui import LAUNCH_OPTIONS
+    from tokstep.web.page import LAUNCH_OPTIONS
 
     launch_options = {**LAUNCH_OPTIONS, **options}
     demo.launch(
@@ -112,7 +112,7 @@ def serving(demo, **options) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def server_url(tiny_lm: LanguageModel) -> Iterator[str]:
     """A real tokstep server on the tiny model for the whole session."""
-    from tokstep.ui import create_demo
+    from tokstep.web.page import create_demo
 
     with serving(create_demo(tiny_lm)) as url:
         yield url
@@ -202,7 +202,7 @@ def bundled_lm() -> LanguageModel:
 @pytest.fixture(scope="session")
 def bundled_server_url(bundled_lm: LanguageModel) -> Iterator[str]:
     """A real tokstep server on the bundled model, as `python app.py` runs offline."""
-    from tokstep.ui import create_demo
+    from tokstep.web.page import create_demo
 
     with serving(create_demo(bundled_lm)) as url:
         yield url

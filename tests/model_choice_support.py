@@ -17,7 +17,7 @@ from conftest import TINY_CONTEXT, serving
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
 
 import tokstep
-from tokstep.loading import LanguageModel
+from tokstep.core.loading import LanguageModel
 
 
 def save_tiny_gpt2(folder: Path, tokenizer: GPT2Tokenizer, seed: int) -> Path:
@@ -58,7 +58,7 @@ def broken_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def choice_server_url(tiny_lm: LanguageModel, other_model_dir: Path, broken_model_dir: Path) -> Iterator[str]:
     """A real tokstep server on the tiny model that also offers the other one and the broken one."""
-    from tokstep.ui import create_demo
+    from tokstep.web.page import create_demo
 
     with serving(create_demo(tiny_lm, models=[str(other_model_dir), str(broken_model_dir)])) as url:
         yield url

@@ -15,7 +15,7 @@ import pytest
 from conftest import SETTINGS
 from gradio_client import Client
 
-from tokstep.absent_modules import LOOKED_UP_WHILE_SERVING, mark_absent
+from tokstep.web.absent_modules import LOOKED_UP_WHILE_SERVING, mark_absent
 
 
 class RecordingFinder(importlib.abc.MetaPathFinder):

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from tokstep import allocator
-from tokstep.allocator import limit_malloc_arenas
+from tokstep.runtimes import allocator
+from tokstep.runtimes.allocator import limit_malloc_arenas
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt's arena limit is glibc's")

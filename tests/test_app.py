@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import free_port
 
-from tokstep.loading import bundled_models
+from tokstep.core.loading import bundled_models
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ from gradio_client.exceptions import AppError
 from test_server import STATUS, TEXT, TOKENS, generated_ids, greedy
 
 import tokstep
-from tokstep.api import MAX_PROMPT_CHARS
+from tokstep.web.api import MAX_PROMPT_CHARS
 
 PROMPT = "Once upon a time"
 

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 import tokstep
-from tokstep.batching import DECODE_ROOM
-from tokstep.engine import Step, TokenStepper
-from tokstep.loading import LanguageModel
-from tokstep.sampling import SamplingSettings
+from tokstep.core.loading import LanguageModel
+from tokstep.core.sampling import SamplingSettings
+from tokstep.core.stepper import Step, TokenStepper
+from tokstep.runtimes.batched import DECODE_ROOM
 
 # Prompts of different lengths, so that the batch's caches need padding.
 PROMPTS = [
@@ -228,15 +228,14 @@ def test_an_error_in_a_batched_pass_reaches_every_session_and_the_model_keeps_se
 
 def test_prompts_past_the_token_budget_are_read_in_several_passes(tiny_lm, monkeypatch):
     """Prefills share a pass only up to MAX_PREFILL_TOKENS padded positions; the rest take more."""
-    import tokstep.batching
+    from tokstep.runtimes import batched
 
     sessions = steppers(tiny_lm)
     lengths = [stepper.prompt_length for stepper in sessions]
     # Room for two of the longest prompts per pass, no more.
-    monkeypatch.setattr(tokstep.batching, "MAX_PREFILL_TOKENS", 2 * max(lengths))
-    expected_passes = len(
-        tokstep.batching._chunks([tokstep.batching.ForwardRequest([0] * n, None, 0) for n in lengths], 2 * max(lengths))
-    )
+    monkeypatch.setattr(batched, "MAX_PREFILL_TOKENS", 2 * max(lengths))
+    requests = [batched.ForwardRequest([0] * n, None, 0) for n in lengths]
+    expected_passes = len(batched._chunks(requests, 2 * max(lengths)))
     assert 1 < expected_passes < len(sessions)
     passes_before = tiny_lm.batcher.passes
     alone = [stepper.step(5) for stepper in steppers(tiny_lm)]

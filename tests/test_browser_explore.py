@@ -7,7 +7,7 @@ import time
 
 from conftest import SCREENSHOTS, token_labels, wait_for_count
 
-from tokstep.assets import RANK_COLORS
+from tokstep.web.assets import RANK_COLORS
 
 
 def rgb(hex_colour: str) -> str:

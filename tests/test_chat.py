@@ -1,4 +1,4 @@
-"""Chat mode's engine (tokstep.chat) on a tiny random ChatML model: the template is the
+"""Chat mode's engine (tokstep.core.chat) on a tiny random ChatML model: the template is the
 tokenizer's own, the reply is the engine's stepping, and the turn ends where `generate` stops.
 
 The fixtures here are shared with test_chat_server.py and test_chat_browser.py."""
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import tokstep
-from tokstep.chat import (
+from tokstep.core.chat import (
     ChatError,
     ChatSession,
     ChatTurn,
@@ -20,8 +20,8 @@ from tokstep.chat import (
     end_of_turn_ids,
     start_turn,
 )
-from tokstep.engine import RunStopped
-from tokstep.loading import LanguageModel
+from tokstep.core.loading import LanguageModel
+from tokstep.core.stepper import RunStopped
 from tokstep.testing import save_tiny_chat_model
 
 MESSAGE = "Hello there"

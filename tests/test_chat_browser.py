@@ -11,8 +11,8 @@ from conftest import SCREENSHOTS
 from test_chat import MESSAGE, chat_lm, chat_model_dir, im_end, plain_lm  # noqa: F401 (fixtures)
 from test_chat_server import chat_url  # noqa: F401 (fixture)
 
-from tokstep.chat import control_token_ids, start_turn
-from tokstep.views import label_key
+from tokstep.core.chat import control_token_ids, start_turn
+from tokstep.web.views import label_key
 
 CHIPS = "#chat-tokens .token .label"
 

@@ -11,8 +11,8 @@ from test_chat import MESSAGE, chat_lm, chat_model_dir  # noqa: F401 (fixtures)
 from test_chat_browser import wait_for_chips
 from test_model_choice_browser import pick_model, shown_model
 
-from tokstep.chat import start_turn
-from tokstep.ui import create_demo
+from tokstep.core.chat import start_turn
+from tokstep.web.page import create_demo
 
 
 @pytest.fixture(scope="module")

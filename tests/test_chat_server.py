@@ -10,9 +10,9 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 from test_chat import MESSAGE, chat_lm, chat_model_dir, greedy_reply, im_end, plain_lm  # noqa: F401 (fixtures)
 
-from tokstep.chat import MAX_MESSAGE_CHARS, control_token_ids, start_turn
-from tokstep.chat_ui import GREEDY, add_chat
-from tokstep.views import label_key
+from tokstep.core.chat import MAX_MESSAGE_CHARS, control_token_ids, start_turn
+from tokstep.web.chat_section import GREEDY, add_chat
+from tokstep.web.views import label_key
 
 # The chat events' settings after the model name: show template, top-k size, mode, temperature, seed.
 SETTINGS = (False, 5, GREEDY, 1.0, 0)

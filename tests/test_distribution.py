@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from tokstep.distribution import SUMMARY_TOP_K, entropy_bits, summarize, token_rank
-from tokstep.engine import TokenStepper
-from tokstep.loading import LanguageModel
+from tokstep.core.distribution import SUMMARY_TOP_K, entropy_bits, summarize, token_rank
+from tokstep.core.loading import LanguageModel
+from tokstep.core.stepper import TokenStepper
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import tokstep
-from tokstep.engine import TokenStepper
+from tokstep.core.stepper import TokenStepper
 
 PROMPT = "Once upon a time, generative models"
 

@@ -10,8 +10,8 @@ from gradio_client.exceptions import AppError
 from test_server import STATUS, TOKENS, TOPK, TOPK_TABLE, generated_ids, greedy, table_rows
 
 import tokstep
-from tokstep.assets import PROMPT_COLOR, RANK_COLORS
-from tokstep.sampling import SamplingSettings
+from tokstep.core.sampling import SamplingSettings
+from tokstep.web.assets import PROMPT_COLOR, RANK_COLORS
 
 PROMPT = "Once upon a time"
 SAMPLED = (5, "Sample (seeded)", 1.2, 40, 0.95, 7, False)  # top-k size, mode, T, top-k, top-p, seed, score
@@ -68,7 +68,7 @@ def test_sampling_shows_true_probabilities_with_a_second_column(client, tiny_lm)
     rows = table_rows(view[TOPK_TABLE])
     assert view[TOPK_TABLE]["headers"] == ["id", "token", "p", "p after sampling settings"]
     # The column comes with the table's value, not as a new component (which Gradio would rebuild,
-    # whole config and all, at every update: see tokstep.views.table).
+    # whole config and all, at every update: see tokstep.web.views.table).
     assert view[TOPK_TABLE].get("__type__") != "update"
     first = next(tokstep.generate_steps(tiny_lm, PROMPT, max_new_tokens=1, top_k=5))
     assert [row[0] for row in rows] == [c.token_id for c in first.top]

@@ -12,8 +12,8 @@ import torch
 from test_batching import PROMPTS  # prompts of different lengths, so that batches need padding
 
 import tokstep
-from tokstep.loading import LanguageModel
-from tokstep.packed_linear import PackedLinear, packing_available
+from tokstep.core.loading import LanguageModel
+from tokstep.runtimes.packed_linear import PackedLinear, packing_available
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

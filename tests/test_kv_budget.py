@@ -7,8 +7,8 @@ import dataclasses
 import pytest
 
 import tokstep
-from tokstep.engine import TokenStepper
-from tokstep.kv_budget import WarmSet
+from tokstep.core.stepper import TokenStepper
+from tokstep.runtimes.warm_set import WarmSet
 
 PROMPTS = ["The cat", "A dog", "One ship", "Two trees", "Three kings"]
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import tokstep
-from tokstep.loading import check_hub
+from tokstep.core.loading import check_hub
 
 
 def test_a_local_folder_loads_in_eval_mode_in_fp32_on_a_cpu_and_a_half_type_on_a_gpu(tiny_model_dir):

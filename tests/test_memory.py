@@ -11,8 +11,8 @@ import pytest
 from conftest import SETTINGS, serving
 from gradio_client import Client
 
-from tokstep.kv_budget import DEFAULT_WARM_SEQUENCES
-from tokstep.ui import create_demo
+from tokstep.runtimes.warm_set import DEFAULT_WARM_SEQUENCES
+from tokstep.web.page import create_demo
 
 PROMPT = "Once upon a time"
 SESSION_CAPACITY = 50  # smaller than the app's, so that 350 sessions go well past it

@@ -1,4 +1,4 @@
-"""The allowlist and the model cache (tokstep.model_choice) with real tiny models: parsing
+"""The allowlist and the model cache (tokstep.web.model_choice) with real tiny models: parsing
 TOKSTEP_MODELS, one load per name even under concurrent requests, refusals that never reach the
 loader, and failed loads that are not remembered."""
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 import tokstep
-from tokstep.loading import LanguageModel, ModelLoadError
-from tokstep.model_choice import DEFAULT_CHOICES, ModelCache, ModelNotAllowedError, allowed_models, parse_models
-from tokstep.presets import parse_preset, preset_query
+from tokstep.core.loading import LanguageModel, ModelLoadError
+from tokstep.core.presets import parse_preset, preset_query
+from tokstep.web.model_choice import DEFAULT_CHOICES, ModelCache, ModelNotAllowedError, allowed_models, parse_models
 
 pytest_plugins = ["model_choice_support"]
 

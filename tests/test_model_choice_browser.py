@@ -29,7 +29,7 @@ WATCH_STATUS_JS = """
 @pytest.fixture
 def fresh_url(tiny_lm, other_model_dir, broken_model_dir) -> Iterator[str]:
     """A server of its own, so the other model is not loaded yet when a test picks it."""
-    from tokstep.ui import create_demo
+    from tokstep.web.page import create_demo
 
     with serving(create_demo(tiny_lm, models=[str(other_model_dir), str(broken_model_dir)])) as url:
         yield url

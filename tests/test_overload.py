@@ -9,7 +9,7 @@ from conftest import SETTINGS, serving
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from tokstep.ui import ServerLimits, create_demo
+from tokstep.web.page import ServerLimits, create_demo
 
 PROMPT = "Once upon a time"
 

@@ -12,7 +12,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.pytorch_utils import Conv1D
 
 import tokstep
-from tokstep.packed_linear import PACK_MIN_ELEMENTS, PackedLinear, pack_linear_layers, packing_available
+from tokstep.runtimes.packed_linear import PACK_MIN_ELEMENTS, PackedLinear, pack_linear_layers, packing_available
 
 pytestmark = pytest.mark.skipif(not packing_available(), reason="this torch has no oneDNN")
 

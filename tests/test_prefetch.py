@@ -16,11 +16,11 @@ from test_batching import PROMPTS, assert_same_step
 from transformers import GPT2LMHeadModel
 
 import tokstep
-import tokstep.batching
-from tokstep.batching import ForwardBatcher
-from tokstep.engine import Step, TokenStepper
-from tokstep.ui import autorun
-from tokstep.views import ViewSettings
+import tokstep.runtimes.batched
+from tokstep.core.stepper import Step, TokenStepper
+from tokstep.runtimes.batched import ForwardBatcher
+from tokstep.web.page import autorun
+from tokstep.web.views import ViewSettings
 
 
 @pytest.fixture(autouse=True)
@@ -220,7 +220,7 @@ def test_a_model_moved_after_its_batcher_was_made_is_fed_where_it_is_now(tiny_lm
 def accelerator_like_lm(tiny_lm, monkeypatch):
     """tiny_lm with a batcher of its own that behaves as on an accelerator: a lone sequence does not
     prefetch. Sequences count as stepping together for a minute after their last pass."""
-    monkeypatch.setattr(tokstep.batching, "RECENT_SLACK_S", 60.0)
+    monkeypatch.setattr(tokstep.runtimes.batched, "RECENT_SLACK_S", 60.0)
     lm = dataclasses.replace(tiny_lm)  # a new batcher (the same model and forward lock)
     lm.batcher.prefetches_alone = False
     return lm

@@ -1,4 +1,4 @@
-"""Presets by link (tokstep.presets) at the engine level: parsing, stepping, and links that
+"""Presets by link (tokstep.core.presets) at the engine level: parsing, stepping, and links that
 reproduce a state."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from urllib.parse import parse_qsl
 import pytest
 
 import tokstep
-from tokstep.presets import (
+from tokstep.core.presets import (
     MAX_LINK_PROMPT_CHARS,
     MAX_LINK_STEPS,
     Preset,

@@ -1,4 +1,4 @@
-"""Run files (tokstep.runs) at the engine level: export, restore the exact state, and a clear
+"""Run files (tokstep.core.run_files) at the engine level: export, restore the exact state, and a clear
 RunFileError for every kind of bad file."""
 
 from __future__ import annotations
@@ -10,8 +10,17 @@ from pathlib import Path
 import pytest
 
 import tokstep
-from tokstep.runs import FORMAT, MAX_RUN_BYTES, VERSION, RunFileError, dumps_run, export_run, parse_run, read_run_file
-from tokstep.runs import restore_run as restore
+from tokstep.core.run_files import (
+    FORMAT,
+    MAX_RUN_BYTES,
+    VERSION,
+    RunFileError,
+    dumps_run,
+    export_run,
+    parse_run,
+    read_run_file,
+)
+from tokstep.core.run_files import restore_run as restore
 
 PROMPT = "Once upon a time"
 SEEDED = tokstep.SamplingSettings(temperature=0.9, top_k=40, top_p=0.95, seed=7)

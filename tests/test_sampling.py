@@ -11,8 +11,7 @@ import torch
 from transformers import TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 
 import tokstep
-from tokstep.engine import TokenStepper
-from tokstep.sampling import (
+from tokstep.core.sampling import (
     SamplingSettings,
     apply_temperature,
     filter_top_k,
@@ -20,6 +19,7 @@ from tokstep.sampling import (
     sample_token,
     sampling_probs,
 )
+from tokstep.core.stepper import TokenStepper
 
 PROMPT = "Once upon a time, generative models"
 

@@ -8,7 +8,7 @@ from conftest import free_port
 from gradio_client import Client
 from test_app import start_app, stop, wait_for_page
 
-from tokstep.share import SHARE_PROBE_TIMEOUT_S
+from tokstep.web.share import SHARE_PROBE_TIMEOUT_S
 
 
 def test_share_offline_says_so_in_one_line_and_keeps_serving(tiny_model_dir):

@@ -14,9 +14,9 @@ from gradio_client import Client
 from test_server import generated_ids, greedy
 
 import tokstep
-from tokstep.engine import TokenStepper
-from tokstep.ui import autorun
-from tokstep.views import ViewSettings
+from tokstep.core.stepper import TokenStepper
+from tokstep.web.page import autorun
+from tokstep.web.views import ViewSettings
 
 PROMPT = "Once upon a time"
 SPEED = 5.0  # tokens per second: one step every 0.2 s

@@ -15,7 +15,7 @@ import pytest
 from conftest import ROOT, SCREENSHOTS, free_port, token_labels, wait_for_count
 
 import tokstep
-from tokstep.ui import LAUNCH_OPTIONS
+from tokstep.web.page import LAUNCH_OPTIONS
 
 PROMPT = "The little dog"
 

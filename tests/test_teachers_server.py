@@ -13,7 +13,7 @@ from gradio_client.exceptions import AppError
 from test_server import STATUS, TEXT, generated_ids, token_entries
 
 import tokstep
-from tokstep.runs import MAX_RUN_BYTES
+from tokstep.core.run_files import MAX_RUN_BYTES
 
 PROMPT = "Once upon a time"
 SAMPLE_SETTINGS = (5, "Sample (seeded)", 0.8, 0, 1.0, 9, False)

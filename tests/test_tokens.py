@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import tokstep
-from tokstep.tokens import TokenTexts, visible_whitespace
+from tokstep.core.tokens import TokenTexts, visible_whitespace
 
 NOTEBOOK_PROMPT = "Once upon a time, generative models"
 # Printed by the seed notebook for this prompt with GPT-2's tokenizer.

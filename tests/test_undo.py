@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import tokstep
-from tokstep.engine import TokenStepper, UndoError
-from tokstep.sampling import SamplingSettings
+from tokstep.core.sampling import SamplingSettings
+from tokstep.core.stepper import TokenStepper, UndoError
 
 PROMPT = "Once upon a time, generative models"
 SAMPLING = SamplingSettings(temperature=1.5, top_p=0.95, seed=21)

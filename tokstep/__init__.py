@@ -9,8 +9,17 @@ Sampling instead of greedy, reproducible by its seed:
     tokstep.generate_steps(lm, "Once upon a time", sampling=tokstep.SamplingSettings(temperature=0.8, seed=7))
 """
 
-from tokstep.distribution import entropy_bits, logits_to_probs, token_rank
-from tokstep.engine import (
+from tokstep.core.distribution import entropy_bits, logits_to_probs, token_rank
+from tokstep.core.loading import LanguageModel, ModelLoadError, bundled_models, from_objects, load
+from tokstep.core.sampling import (
+    SamplingSettings,
+    apply_temperature,
+    filter_top_k,
+    filter_top_p,
+    sample_token,
+    sampling_probs,
+)
+from tokstep.core.stepper import (
     STOP_REASON_TEXT,
     ChosenBy,
     PromptError,
@@ -25,16 +34,7 @@ from tokstep.engine import (
     rank_bucket,
     score_prompt,
 )
-from tokstep.loading import LanguageModel, ModelLoadError, bundled_models, from_objects, load
-from tokstep.sampling import (
-    SamplingSettings,
-    apply_temperature,
-    filter_top_k,
-    filter_top_p,
-    sample_token,
-    sampling_probs,
-)
-from tokstep.tokens import PromptToken, TokenTexts, tokenization_table, tokenize
+from tokstep.core.tokens import PromptToken, TokenTexts, tokenization_table, tokenize
 
 __all__ = [
     "STOP_REASON_TEXT",

@@ -62,7 +62,7 @@ def save_tiny_chat_model(
     import torch
     from transformers import AutoTokenizer, GenerationConfig, GPT2Config, GPT2LMHeadModel
 
-    from tokstep.loading import bundled_model_path
+    from tokstep.core.loading import bundled_model_path
 
     folder = Path(folder)
     tokenizer = AutoTokenizer.from_pretrained(str(bundled_model_path("tinystories")))

@@ -4,7 +4,7 @@ It knows nothing of Gradio. Its phases, as in any KV-cached decoder:
   prefill            run the whole prompt once; keep the KV cache and the last logits
   next-token probs   softmax over the *whole* vocabulary (never renormalised over top-k)
   choose             greedy = argmax of the logits (what `generate(do_sample=False)` does),
-                     a token the user picked, or a seeded draw (see tokstep.sampling)
+                     a token the user picked, or a seeded draw (see tokstep.core.sampling)
   append             add the chosen *id*; the next forward pass reads only that one token
   undo               drop the last id and crop the KV cache back; the distribution before
                      it is recomputed from the cropped cache, never stored per step
@@ -26,11 +26,11 @@ from typing import Literal, NamedTuple
 import torch
 from transformers.cache_utils import Cache
 
-from tokstep.batching import ForwardRequest, ForwardResult
-from tokstep.distribution import NextTokenSummary, logits_to_probs
-from tokstep.loading import LanguageModel
-from tokstep.sampling import SamplingSettings, sample_token, sampling_probs
-from tokstep.tokens import tokenize
+from tokstep.core.distribution import NextTokenSummary, logits_to_probs
+from tokstep.core.loading import LanguageModel
+from tokstep.core.sampling import SamplingSettings, sample_token, sampling_probs
+from tokstep.core.tokens import tokenize
+from tokstep.runtimes.batched import ForwardRequest, ForwardResult
 
 StopReason = Literal["end_of_text", "max_new_tokens", "context_full"]
 

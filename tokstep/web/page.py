@@ -1,5 +1,5 @@
 """The Gradio page: `create_demo(lm)` wires components to callbacks that call the engine
-and hand its state to `tokstep.views.render`.
+and hand its state to `tokstep.web.views.render`.
 
 Per-user state is one `TokenStepper` in a `gr.State` (token ids, steps, KV cache). The
 model itself is shared read-only; its forward passes take turns on a lock (see
@@ -9,11 +9,11 @@ an API client sends gets a clear message. The one exception is loading a run fil
 preprocessing is what makes sure the path it gets is a file the visitor uploaded.
 
 For teachers: the page opens a preset from its URL (`?prompt=...&steps=N`, see
-tokstep.presets), "Copy link" gives the link to the current state, and a run exports to and
-loads from a JSON file (tokstep.runs).
+tokstep.core.presets), "Copy link" gives the link to the current state, and a run exports to and
+loads from a JSON file (tokstep.core.run_files).
 
 Model choice: `create_demo(lm, models=[...])` offers `lm` and the operator's allowlist in a
-dropdown (tokstep.model_choice loads each once and keeps it). Each session's model name is a
+dropdown (tokstep.web.model_choice loads each once and keeps it). Each session's model name is a
 gr.State (`model_choice`) that every event reads; visitors can only pick a name on the list.
 """
 
@@ -28,16 +28,9 @@ from typing import Any
 
 import gradio as gr
 
-from tokstep.absent_modules import mark_absent
-from tokstep.api import generate_updates, model_or_error, new_stepper, number, sampling_settings, whole_number
-from tokstep.assets import JS
-from tokstep.assets import LAUNCH_OPTIONS as PAGE_OPTIONS
-from tokstep.chat_ui import add_chat
-from tokstep.engine import STOP_REASON_TEXT, PromptError, RunStopped, TokenStepper, context_full_message
-from tokstep.loading import LanguageModel, ModelLoadError
-from tokstep.model_choice import ModelCache, allowed_models
-from tokstep.presets import Preset, apply_preset, has_preset, link_reproduces, parse_preset, preset_query
-from tokstep.runs import (
+from tokstep.core.loading import LanguageModel, ModelLoadError
+from tokstep.core.presets import Preset, apply_preset, has_preset, link_reproduces, parse_preset, preset_query
+from tokstep.core.run_files import (
     MAX_RUN_BYTES,
     RunFileError,
     dumps_run,
@@ -46,8 +39,15 @@ from tokstep.runs import (
     restore_run,
     run_model_name,
 )
-from tokstep.sampling import SamplingSettings
-from tokstep.views import (
+from tokstep.core.sampling import SamplingSettings
+from tokstep.core.stepper import STOP_REASON_TEXT, PromptError, RunStopped, TokenStepper, context_full_message
+from tokstep.web.absent_modules import mark_absent
+from tokstep.web.api import generate_updates, model_or_error, new_stepper, number, sampling_settings, whole_number
+from tokstep.web.assets import JS
+from tokstep.web.assets import LAUNCH_OPTIONS as PAGE_OPTIONS
+from tokstep.web.chat_section import add_chat
+from tokstep.web.model_choice import ModelCache, allowed_models
+from tokstep.web.views import (
     LEGEND,
     TOKEN_TABLE_HEADERS,
     TOPK_TABLE_HEADERS,
@@ -99,7 +99,7 @@ class ServerLimits:
 
     max_queue: int = 64  # events waiting for a worker, all users together
     autorun_workers: int = 32  # Auto-runs at once (page and chat each): mostly pausing between tokens
-    # /generate streams at once. Their steps share batched forward passes (tokstep.batching),
+    # /generate streams at once. Their steps share batched forward passes (tokstep.runtimes.batched),
     # so a class's worth costs about one pass per token; more wait in the queue.
     stream_workers: int = 32
     workers: int = 8  # Steps, resets and the like at once (their passes are batched too)
@@ -304,7 +304,7 @@ def create_demo(
     with it, a run file switches to its model when that is offered and is refused otherwise.
     """
     # Gradio looks for matplotlib around every event and for polars for every table; where they
-    # are not installed, each look would scan sys.path again (see tokstep.absent_modules).
+    # are not installed, each look would scan sys.path again (see tokstep.web.absent_modules).
     mark_absent()
     offers_choice = models is not None
     cache = ModelCache(allowed_models(lm.name, models or ()), loaded=[lm])

@@ -1,13 +1,13 @@
 """Chat mode's view: `add_chat(model_choice, lm_for)` builds it inside the current `gr.Blocks`.
 
 Send adds the user's message to a `gr.Chatbot` and templates the conversation
-(tokstep.chat); the assistant's reply is then written with Step, Auto-run or a click on a
+(tokstep.core.chat); the assistant's reply is then written with Step, Auto-run or a click on a
 top-k candidate, exactly as on the main page. "Show the template's tokens" shows every token
 the model reads, the template's control tokens marked.
 
 Per-user state is one `ChatSession` in a `gr.State`. Every event takes the session's model
 name (`model_choice`) and asks `lm_for` for the model, so a changed model is noticed at the
-next event. Inputs are taken raw (`preprocess=False`) and checked here, like tokstep.ui.
+next event. Inputs are taken raw (`preprocess=False`) and checked here, like tokstep.web.page.
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ from typing import Any
 
 import gradio as gr
 
-from tokstep.api import number, sampling_settings, whole_number
-from tokstep.assets import PROMPT_COLOR, RANK_COLORS
-from tokstep.chat import NO_TEMPLATE_MESSAGE as NO_TEMPLATE
-from tokstep.chat import ChatError, ChatSession, ChatTurn, TokenKind, has_chat_template
-from tokstep.engine import RunStopped, Step
-from tokstep.loading import LanguageModel
-from tokstep.sampling import SamplingSettings
-from tokstep.tokens import visible_whitespace
-from tokstep.views import chips_update, generated_chip, inline_code, label_key, step_note, token_id_of_label_key
+from tokstep.core.chat import NO_TEMPLATE_MESSAGE as NO_TEMPLATE
+from tokstep.core.chat import ChatError, ChatSession, ChatTurn, TokenKind, has_chat_template
+from tokstep.core.loading import LanguageModel
+from tokstep.core.sampling import SamplingSettings
+from tokstep.core.stepper import RunStopped, Step
+from tokstep.core.tokens import visible_whitespace
+from tokstep.web.api import number, sampling_settings, whole_number
+from tokstep.web.assets import PROMPT_COLOR, RANK_COLORS
+from tokstep.web.views import chips_update, generated_chip, inline_code, label_key, step_note, token_id_of_label_key
 
 __all__ = ["add_chat"]
 
@@ -38,7 +38,7 @@ DEFAULT_SPEED, MIN_SPEED, MAX_SPEED = 3.0, 0.5, 20.0  # tokens per second, as on
 STATE_TTL_S = 3600
 # Colours of the template's tokens: control tokens stand out, the rest of its text is grey.
 SPECIAL_COLOR, TEMPLATE_COLOR = "#fecaca", "#e5e7eb"
-# As the main page styles #tokens (tokstep.assets.CSS): dark chip text at WCAG AA contrast, labels
+# As the main page styles #tokens (tokstep.web.assets.CSS): dark chip text at WCAG AA contrast, labels
 # as written, touch-sized buttons. Sent in the section itself, so add_chat needs nothing at launch.
 CHAT_CSS = """
 #chat-tokens .textfield { line-height: 2.2; }
@@ -109,7 +109,7 @@ def _chip(turn: ChatTurn, position: int, kind: TokenKind) -> tuple[str, str, str
 
 def token_chips(turn: ChatTurn | None, show_template: bool) -> dict[str, Any]:
     """The reply's tokens; with `show_template`, every token of the conversation before them.
-    An update of the chips' value and colour map, as on the main page (`tokstep.views.chips_update`)."""
+    An update of the chips' value and colour map, as on the main page (`tokstep.web.views.chips_update`)."""
     if turn is None:
         return chips_update([])
     kinds = turn.token_kinds() if show_template else None
@@ -234,7 +234,7 @@ def add_chat(model_choice: gr.Component, lm_for: Callable[[Any], LanguageModel],
     view = [state, chatbot, topk, tokens, status]
     settings = [show_template, top_k_size, mode, temperature, seed]
     raw = {"preprocess": False, "show_progress": "hidden"}
-    api = {**raw, "api_visibility": "undocumented"}  # callable by name, as tokstep.ui's events
+    api = {**raw, "api_visibility": "undocumented"}  # callable by name, as tokstep.web.page's events
     private = {**raw, "api_visibility": "private"}
 
     def session_for(session: ChatSession | None, name: Any) -> ChatSession:

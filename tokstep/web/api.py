@@ -11,10 +11,10 @@ from typing import Any
 
 import gradio as gr
 
-from tokstep.engine import PromptError, Step, TokenStepper, run_steps
-from tokstep.loading import LanguageModel, ModelLoadError
-from tokstep.model_choice import ModelCache, ModelNotAllowedError
-from tokstep.sampling import SamplingSettings
+from tokstep.core.loading import LanguageModel, ModelLoadError
+from tokstep.core.sampling import SamplingSettings
+from tokstep.core.stepper import PromptError, Step, TokenStepper, run_steps
+from tokstep.web.model_choice import ModelCache, ModelNotAllowedError
 
 MAX_PROMPT_CHARS = 100_000  # GPT-2's 1024 tokens are about 4,000 characters of English
 MAX_API_TOKENS = 1024  # /generate's limit for a model with no fixed context length

@@ -14,8 +14,8 @@ from typing import Any
 
 import gradio as gr
 
-from tokstep.assets import PROMPT_COLOR, RANK_COLORS
-from tokstep.engine import (
+from tokstep.core.sampling import SamplingSettings, sampling_probs
+from tokstep.core.stepper import (
     STOP_REASON_TEXT,
     Step,
     TokenProb,
@@ -23,8 +23,8 @@ from tokstep.engine import (
     context_full_message,
     rank_bucket,
 )
-from tokstep.sampling import SamplingSettings, sampling_probs
-from tokstep.tokens import visible_whitespace
+from tokstep.core.tokens import visible_whitespace
+from tokstep.web.assets import PROMPT_COLOR, RANK_COLORS
 
 VIEW_OUTPUTS = ("state", "tokens", "topk", "status", "token_table", "topk_table", "text")
 TOKEN_TABLE_HEADERS = ["position", "id", "token", "from"]

@@ -45,7 +45,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import Cache, DynamicLayer
 
-from tokstep.distribution import NextTokenSummary, summarize
+from tokstep.core.distribution import NextTokenSummary, summarize
 
 # A class of 30 (and then some) in one pass; past this, a pass's attention and cache copies
 # cost more than the weights it shares, and the rest wait one pass.
@@ -610,7 +610,7 @@ class ForwardBatcher:
             logits_to_keep=1,
         )
         # (B, vocab): every row's last position is its newest real token. Summarised here, for
-        # the whole batch at once, not by each session's thread (see tokstep.distribution).
+        # the whole batch at once, not by each session's thread (see tokstep.core.distribution).
         summaries = summarize(output.logits[:, -1])
         forward_ms = _elapsed_ms(started, output.logits)
         batched_layers = output.cache.layers

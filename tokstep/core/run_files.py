@@ -21,10 +21,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tokstep.engine import PromptError, Step, TokenStepper, check_prompt_length
-from tokstep.loading import LanguageModel
-from tokstep.sampling import SamplingSettings
-from tokstep.tokens import tokenize
+from tokstep.core.loading import LanguageModel
+from tokstep.core.sampling import SamplingSettings
+from tokstep.core.stepper import PromptError, Step, TokenStepper, check_prompt_length
+from tokstep.core.tokens import tokenize
 
 FORMAT = "tokstep-run"
 VERSION = 1

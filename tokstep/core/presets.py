@@ -11,11 +11,11 @@ Query parameters (all optional; others, such as Gradio's own `__theme`, are igno
   mode         "greedy" (default) or "sample"
   temperature, top_k, top_p, seed   the sampling settings (only with mode=sample)
   model        one of the models the page offers (TOKSTEP_MODELS); default: the app's own.
-               Which names are offered is the page's business (tokstep.model_choice), not this module's.
+               Which names are offered is the page's business (tokstep.web.model_choice), not this module's.
 
 A link is exact because greedy steps are deterministic and a seeded draw depends only on
 (seed, position, settings); tokens a user picked by hand are not in a link (export the run
-for those, see tokstep.runs).
+for those, see tokstep.core.run_files).
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
-from tokstep.engine import PromptError, TokenStepper
-from tokstep.loading import LanguageModel
-from tokstep.sampling import SamplingSettings
+from tokstep.core.loading import LanguageModel
+from tokstep.core.sampling import SamplingSettings
+from tokstep.core.stepper import PromptError, TokenStepper
 
 # Each step on opening costs one forward pass, paid before the page shows: keep it short.
 MAX_LINK_STEPS = 256

@@ -19,9 +19,9 @@ from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
 
-from tokstep.engine import PromptError, Step, TokenStepper, context_full_message
-from tokstep.loading import LanguageModel
-from tokstep.sampling import SamplingSettings
+from tokstep.core.loading import LanguageModel
+from tokstep.core.sampling import SamplingSettings
+from tokstep.core.stepper import PromptError, Step, TokenStepper, context_full_message
 
 # What a token of the conversation is: a control token (`<|im_start|>`), other text the
 # template writes (the role name, line breaks), the messages' own text, or the reply's tokens.

@@ -27,12 +27,12 @@ import torch
 from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
-from tokstep.batching import ForwardBatcher
-from tokstep.kv_budget import WarmSet
-from tokstep.packed_linear import pack_linear_layers
-from tokstep.tokens import TokenTexts
+from tokstep.core.tokens import TokenTexts
+from tokstep.runtimes.batched import ForwardBatcher
+from tokstep.runtimes.packed_linear import pack_linear_layers
+from tokstep.runtimes.warm_set import WarmSet
 
-BUNDLED_MODELS_DIR = Path(__file__).resolve().parent / "models"
+BUNDLED_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 
 # Seconds the Hub has to answer one metadata request before we call it unreachable.
 HUB_TIMEOUT_S = 5.0
@@ -171,7 +171,7 @@ def load(
 
     `device_map="auto"` lets accelerate put the model on a GPU when there is one.
     The dtype defaults to fp32 on CPU and a half type on CUDA. On a CPU in fp32, the large linear
-    layers' weights are packed for oneDNN once (`tokstep.packed_linear`), unless `pack_weights=False`.
+    layers' weights are packed for oneDNN once (`tokstep.runtimes.packed_linear`), unless `pack_weights=False`.
 
     >>> lm = load("tinystories")
     >>> lm.model.training
@@ -220,7 +220,7 @@ def from_objects(
     """Wrap a model and tokenizer already in memory (a notebook's, or a test's).
 
     `pack_weights=True` replaces the model's large fp32 CPU linear layers in place (see
-    `tokstep.packed_linear`); off by default, since the model is the caller's.
+    `tokstep.runtimes.packed_linear`); off by default, since the model is the caller's.
     """
     model.eval()
     if pack_weights:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from tokstep.loading import LanguageModel, ModelLoadError, bundled_models, load
+from tokstep.core.loading import LanguageModel, ModelLoadError, bundled_models, load
 
 FALLBACK_MODEL = "tinystories"
 
