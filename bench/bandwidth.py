@@ -41,8 +41,7 @@ from bench.common import (
     quiet_transformers,
     synchronize,
 )
-from tokstep.core.loading import LanguageModel
-from tokstep.runtimes.packed_linear import PackedLinear
+from tokstep.core.model import LanguageModel
 
 PROMPT_TOKENS = 8
 KV_CONTEXTS = (8, 128, 512, 1024)
@@ -77,10 +76,8 @@ def weight_bytes_per_token(lm: LanguageModel) -> int:
     total = sum(p.numel() * p.element_size() for p in unique.values())
     output = model.get_output_embeddings()
     for module in model.modules():
-        if isinstance(module, PackedLinear) and module.packed_weight is not None:
-            # Its weight is no parameter (a packed copy), nor its bias (a buffer).
-            total += module.weight_nbytes
-            total += 0 if module.bias is None else module.bias.numel() * module.bias.element_size()
+        # A packed linear layer (tokstep.runtimes.packed_linear) keeps its weight and bias as parameters,
+        # counted above; a step reads its packed copy instead, of the same size.
         if isinstance(module, torch.nn.Embedding) and module.weight is not getattr(output, "weight", None):
             total -= module.weight.numel() * module.weight.element_size()
     return total

@@ -29,8 +29,8 @@ if TYPE_CHECKING:  # the server scripts' parent process never needs torch or tra
     import torch
     from transformers import PreTrainedTokenizerBase
 
-    from tokstep.core.loading import LanguageModel
-    from tokstep.runtimes.batched import ForwardBatcher
+    from tokstep.core.model import LanguageModel
+    from tokstep.runtimes.scheduler import ForwardBatcher
 
 ROOT = Path(__file__).resolve().parents[1]
 GPT2_SMALL_SHAPE = "gpt2-small-shape"  # the name the scripts and serve_for_bench take for it
@@ -45,9 +45,8 @@ os.environ.update(QUIET_ENV)
 # --- models -----------------------------------------------------------------------------
 
 
-def gpt2_small_shape(tokenizer: PreTrainedTokenizerBase, pack_weights: bool = True) -> LanguageModel:
-    """GPT-2 small's shape (124M parameters, 12 layers, 768 wide, 50,257 tokens), random weights,
-    its large linear layers packed for the CPU as tokstep.load packs them (unless told not to)."""
+def gpt2_small_shape(tokenizer: PreTrainedTokenizerBase) -> LanguageModel:
+    """GPT-2 small's shape (124M parameters, 12 layers, 768 wide, 50,257 tokens), random weights."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -56,7 +55,7 @@ def gpt2_small_shape(tokenizer: PreTrainedTokenizerBase, pack_weights: bool = Tr
     torch.manual_seed(0)
     config = GPT2Config(vocab_size=len(tokenizer), bos_token_id=tokenizer.eos_token_id, eos_token_id=None)
     model = GPT2LMHeadModel(config)
-    return tokstep.from_objects("gpt2-small shape (random weights)", model, tokenizer, pack_weights=pack_weights)
+    return tokstep.from_objects("gpt2-small shape (random weights)", model, tokenizer)
 
 
 def build_model(name: str, device: str | None = None, pack_weights: bool = True) -> LanguageModel:
@@ -64,22 +63,23 @@ def build_model(name: str, device: str | None = None, pack_weights: bool = True)
 
     `device` ("cpu", "cuda", ...) moves the GPT-2-small-shape model there, in bf16/fp16 on a GPU
     as tokstep.load does; a loaded model goes where tokstep.load puts it (a GPU when there is one)
-    unless a device is given. `pack_weights=False` keeps plain linear layers on a CPU (see
-    tokstep.runtimes.packed_linear)."""
+    unless a device is given. The model is served as the app serves it: by the batched in-process
+    runtime (`lm.forward.runtime`), its large linear layers packed on a CPU unless
+    `pack_weights=False` (see tokstep.runtimes.packed_linear)."""
     import tokstep
+    from tokstep.runtimes.in_process import InProcessRuntime
 
     if name == GPT2_SMALL_SHAPE:
         from tokstep.testing import gpt2_tokenizer
 
-        on_gpu = bool(device) and device != "cpu"
-        lm = gpt2_small_shape(gpt2_tokenizer(), pack_weights=pack_weights and not on_gpu)
-        if on_gpu:
+        lm = gpt2_small_shape(gpt2_tokenizer())
+        if device and device != "cpu":
             lm.model.to(device=device, dtype=half_dtype(device))
-        return lm
-    if device:
-        dtype = None if device == "cpu" else half_dtype(device)
-        return tokstep.load(name, device_map=device, dtype=dtype, pack_weights=pack_weights)
-    return tokstep.load(name, pack_weights=pack_weights)
+    elif device:
+        lm = tokstep.load(name, device_map=device, dtype=None if device == "cpu" else half_dtype(device))
+    else:
+        lm = tokstep.load(name)
+    return InProcessRuntime(pack_weights=pack_weights).serve(lm)
 
 
 def half_dtype(device: str) -> torch.dtype:
@@ -147,7 +147,7 @@ def fmt(value: float | int | str | None, digits: int = 1) -> str:
 
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], markdown: bool = False) -> None:
     """Columns padded to their widest cell, the first left-aligned and the others right-aligned;
-    with `markdown`, a table to paste into docs/performance.md."""
+    with `markdown`, a table to paste into a file under bench/results/."""
     widths = [max(len(str(cell)) for cell in column) for column in zip(headers, *rows, strict=True)]
 
     def line(cells: Sequence[str]) -> str:
@@ -226,10 +226,10 @@ def batcher_counters(batcher: ForwardBatcher) -> dict[str, float]:
     """A batcher's counters as a server's status reports them (see BenchServer.status): `passes`,
     `served`, `largest_batch`, `pass_seconds`."""
     return {
-        "passes": batcher.passes,
-        "served": batcher.served,
-        "largest_batch": batcher.largest_batch,
-        "pass_seconds": batcher.pass_seconds,
+        "passes": batcher.counters.passes,
+        "served": batcher.counters.served,
+        "largest_batch": batcher.counters.largest_batch,
+        "pass_seconds": batcher.counters.pass_seconds,
     }
 
 

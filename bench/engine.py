@@ -28,7 +28,7 @@ from transformers.utils import logging as hf_logging
 
 import tokstep
 from bench.common import BUNDLED, GPT2_SMALL_SHAPE, build_model, prompt_ids, synchronize
-from tokstep.core.loading import LanguageModel
+from tokstep.core.model import LanguageModel
 
 NEW_TOKENS = 64
 PROMPT_LENGTHS = (8, 128, 512)

@@ -30,7 +30,7 @@ from bench.common import (
     prompt_ids,
     quiet_transformers,
 )
-from tokstep.core.loading import LanguageModel
+from tokstep.core.model import LanguageModel
 from tokstep.runtimes.packed_linear import PackedLinear, pack_linear_layers
 
 PROMPT_TOKENS = 64

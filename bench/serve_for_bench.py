@@ -9,7 +9,7 @@ On SIGUSR1 it runs malloc_trim and writes its RSS to --status-file, so the bench
 memory the server holds rather than pages glibc keeps around, with its model's batcher
 counters (passes run, requests served, the largest batch). (No explicit garbage collection
 there: a `gc.collect()` in this handler was suspected of the 60-client stall described in
-docs/performance.md; removing it did not cure it, but a collection run from a signal handler
+bench/results/2026-11-25-epyc-classroom.md; removing it did not cure it, but a collection run from a signal handler
 is not what the served app does, so it stays out.) On
 SIGUSR2 it prints every thread's stack to stderr (bench.classroom asks when clients hang).
 """
@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 from bench.common import GPT2_SMALL_SHAPE, batcher_counters, build_model, proc_memory_mib, quiet_transformers
 
 if TYPE_CHECKING:
-    from tokstep.runtimes.batched import ForwardBatcher
+    from tokstep.runtimes.scheduler import ForwardBatcher
 
 
 def trim_and_report(status_file: Path | None, batcher: ForwardBatcher) -> None:
@@ -55,10 +55,10 @@ def main() -> None:
     parser.add_argument("--status-file", type=Path, default=None, help="where SIGUSR1 writes the trimmed RSS")
     args = parser.parse_args()
 
-    from tokstep.runtimes.allocator import limit_malloc_arenas
+    from tokstep.web.deployment import Tweaks, apply_process_tweaks
     from tokstep.web.page import LAUNCH_OPTIONS, create_demo
 
-    limit_malloc_arenas()  # as app.py does
+    apply_process_tweaks(Tweaks())  # as app.py does
 
     quiet_transformers()
     if args.torch_threads:
@@ -66,10 +66,10 @@ def main() -> None:
 
         torch.set_num_threads(args.torch_threads)  # the workers' passes pick it up
     lm = build_model(args.model, args.device)
-    demo = create_demo(lm)
+    demo = create_demo(lm, runtime=lm.forward.runtime)  # the runtime build_model served it with
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        trim_and_report(args.status_file, lm.batcher)
+        trim_and_report(args.status_file, lm.forward.batcher)
 
     # Set before launch: the benchmark may ask as soon as the page answers.
     signal.signal(signal.SIGUSR1, on_signal)

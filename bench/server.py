@@ -151,7 +151,7 @@ def bench_model(name: str, n: int, repeats: int, device: str | None, torch_threa
         run_server(client, prompt, n)
         run_page_like(server.url, event, prompt, n)
         for _ in range(repeats):
-            with engine_passes.timing(lambda: batcher_counters(lm.batcher)):
+            with engine_passes.timing(lambda: batcher_counters(lm.forward.batcher)):
                 engine_runs.append(run_engine(lm, prompt, n, device))
             with server_passes.timing(server.status):
                 server_runs.append(run_server(client, prompt, n))

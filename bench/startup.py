@@ -75,15 +75,19 @@ def child_phases(model: str) -> None:
     import transformers  # noqa: F401
 
     mark("import torch, transformers")
+    from tokstep.web.deployment import Tweaks, apply_process_tweaks, server_runtime
     from tokstep.web.page import LAUNCH_OPTIONS, create_demo
     from tokstep.web.share import launch  # noqa: F401  (app.py's imports, in app.py's order)
     from tokstep.web.startup import load_for_app
 
+    tweaks = Tweaks()
+    apply_process_tweaks(tweaks)
+
     mark("import tokstep (the rest)")
     lm, notice = load_for_app(model, env_model=None, default="gpt2")
     mark("load the model")
-    demo = create_demo(lm, notice=notice)
-    mark("create_demo")
+    demo = create_demo(lm, notice=notice, runtime=server_runtime(tweaks))
+    mark("create_demo (packing included)")
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **LAUNCH_OPTIONS)
     mark("launch (until it returns)")

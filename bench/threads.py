@@ -46,7 +46,7 @@ from bench.common import (
     quiet_transformers,
     synchronize,
 )
-from tokstep.core.loading import LanguageModel
+from tokstep.core.model import LanguageModel
 
 PROMPT_TOKENS = 8
 

@@ -3,6 +3,7 @@ folder, and a real launched tokstep server. No test touches the network."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import re
 import socket
@@ -16,9 +17,10 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
 
 import tokstep
-import tokstep.runtimes.batched
+import tokstep.runtimes.kv_layout
 import tokstep.testing
-from tokstep.core.loading import LanguageModel
+from tokstep.core.model import LanguageModel
+from tokstep.runtimes.in_process import InProcessRuntime
 
 # Tests never reach the Hub; the loader's "is it cached / is the Hub there" checks stay local.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -34,6 +36,46 @@ ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = ROOT / "test-artifacts" / "screenshots"
 # What a failed browser test's tabs showed when it failed (CI keeps test-artifacts/).
 FAILURES = ROOT / "test-artifacts" / "failures"
+
+
+# Markers, given by what a test uses (registered in pyproject.toml). `pytest -m "not slow"` is the
+# fast tier for daily work; the README's test command and .ci/run run everything.
+BROWSER_FIXTURES = {"browser", "tab", "page"}
+SERVER_FIXTURES = {"server_url", "bundled_server_url", "apps"}
+# Files whose tests each take seconds: real app processes, benchmark scripts, training, hundreds
+# of sessions, every architecture.
+SLOW_FILES = {
+    "test_app.py",
+    "test_architectures.py",
+    "test_bench_scripts.py",
+    "test_memory.py",
+    "test_train_script.py",
+    "test_share.py",
+    "test_isolation.py",
+    "test_failure_evidence.py",
+    "test_readme_screenshots.py",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if fixtures & BROWSER_FIXTURES:
+            item.add_marker(pytest.mark.browser)
+            item.add_marker(pytest.mark.slow)  # a browser costs seconds per test
+        source = _source_of(item)
+        if fixtures & SERVER_FIXTURES or "Client(" in source or "serving(" in source:
+            item.add_marker(pytest.mark.server)
+        if item.path.name in SLOW_FILES:
+            item.add_marker(pytest.mark.slow)
+
+
+def _source_of(item: pytest.Item) -> str:
+    function = getattr(item, "function", None)
+    try:
+        return inspect.getsource(function) if function is not None else ""
+    except (OSError, TypeError):
+        return ""
 
 
 @pytest.fixture(scope="session")
@@ -60,10 +102,10 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, gpt2_tokenizer: GPT
 @pytest.fixture(autouse=True)
 def room_for_every_sequence_stepping_alone(monkeypatch: pytest.MonkeyPatch) -> None:
     """The suite's models are tiny: their caches stay below the size from which a sequence
-    stepping alone gets room of its own (tokstep.runtimes.batched.ALONE_ROOM_MIN_BYTES), so every test
+    stepping alone gets room of its own (tokstep.runtimes.kv_layout.ALONE_ROOM_MIN_BYTES), so every test
     that steps alone would miss that path. In tests every such sequence gets it; servers the
     tests start in processes of their own keep the real threshold."""
-    monkeypatch.setattr(tokstep.runtimes.batched, "ALONE_ROOM_MIN_BYTES", 0)
+    monkeypatch.setattr(tokstep.runtimes.kv_layout, "ALONE_ROOM_MIN_BYTES", 0)
 
 
 @pytest.fixture(scope="session")
@@ -72,6 +114,12 @@ def tiny_lm(tiny_model_dir: Path) -> LanguageModel:
     CPU in fp32 wherever the suite runs: tests compare it with fp32 arithmetic on CPU tensors
     (tests/test_gpu.py checks the GPU and its half type)."""
     return tokstep.load(str(tiny_model_dir), device_map="cpu")
+
+
+@pytest.fixture(scope="session")
+def served_lm(tiny_lm: LanguageModel) -> LanguageModel:
+    """The tiny model served by the batched in-process runtime, as the app serves its models."""
+    return InProcessRuntime().serve(tiny_lm)
 
 
 def token_labels(page) -> list[str]:
@@ -197,6 +245,12 @@ def bundled_lm() -> LanguageModel:
     if "tinystories" not in tokstep.bundled_models():
         pytest.skip("the bundled model tokstep/models/tinystories is not there")
     return tokstep.load("tinystories")
+
+
+@pytest.fixture(scope="session")
+def served_bundled_lm(bundled_lm: LanguageModel) -> LanguageModel:
+    """The bundled model served by the batched in-process runtime."""
+    return InProcessRuntime().serve(bundled_lm)
 
 
 @pytest.fixture(scope="session")

@@ -17,7 +17,7 @@ from conftest import TINY_CONTEXT, serving
 from transformers import GPT2Config, GPT2LMHeadModel, GPT2Tokenizer
 
 import tokstep
-from tokstep.core.loading import LanguageModel
+from tokstep.core.model import LanguageModel
 
 
 def save_tiny_gpt2(folder: Path, tokenizer: GPT2Tokenizer, seed: int) -> Path:

@@ -16,6 +16,7 @@ from conftest import SETTINGS
 from gradio_client import Client
 
 from tokstep.web.absent_modules import LOOKED_UP_WHILE_SERVING, mark_absent
+from tokstep.web.deployment import Tweaks, apply_process_tweaks
 
 
 class RecordingFinder(importlib.abc.MetaPathFinder):
@@ -81,15 +82,27 @@ def test_only_top_level_packages_are_marked():
 
 
 def test_serving_events_and_tables_searches_for_no_missing_package(server_url):
-    """The page's server (create_demo marks them) answers a page event, which sends two tables,
-    and a /generate stream, without Gradio searching for matplotlib or polars where they are missing."""
+    """With the app's process tweaks applied (app.py applies them at start-up), the page's server
+    answers a page event, which sends two tables, and a /generate stream, without Gradio searching
+    for matplotlib or polars where they are missing."""
     # Not installed, whatever sys.modules says: PathFinder searches sys.path itself.
     missing = [name for name in LOOKED_UP_WHILE_SERVING if importlib.machinery.PathFinder.find_spec(name) is None]
     if not missing:
         pytest.skip(f"{', '.join(LOOKED_UP_WHILE_SERVING)} are installed here: nothing to mark")
+    apply_process_tweaks(Tweaks(malloc_arenas=0))  # the marks only: arenas are tests/test_allocator.py's
     client = Client(server_url, verbose=False)
     with searched_names() as names:
         view = client.predict("Once upon a time", *SETTINGS, api_name="/step")
         updates = list(client.submit("Once upon a time", 3, api_name="/generate"))
     assert view[-1].startswith("Once upon a time") and len(updates) == 3  # the events really ran
     assert not set(missing) & set(names)
+
+
+def test_each_process_tweak_has_an_off_switch_in_the_environment():
+    assert Tweaks.from_env({}) == Tweaks()
+    assert Tweaks.from_env(
+        {"TOKSTEP_PACK_WEIGHTS": "0", "TOKSTEP_MALLOC_ARENAS": "0", "TOKSTEP_MARK_ABSENT": "off"}
+    ) == (Tweaks(pack_weights=False, malloc_arenas=0, mark_absent_modules=False))
+    assert Tweaks.from_env({"TOKSTEP_MALLOC_ARENAS": " 4 "}).malloc_arenas == 4
+    with pytest.raises(ValueError, match="TOKSTEP_MALLOC_ARENAS must be a whole number"):
+        Tweaks.from_env({"TOKSTEP_MALLOC_ARENAS": "lots"})

@@ -2,7 +2,7 @@
 
 Each runs in its quickest mode (`--smoke`: the bundled model, one repetition) in a subprocess, all
 at once to keep the suite short. Only what they print is checked, never how fast anything was:
-timings belong in docs/performance.md, not in assertions.
+timings belong in bench/results/ (the newest in docs/performance.md), not in assertions.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from tokstep.core.chat import (
     end_of_turn_ids,
     start_turn,
 )
-from tokstep.core.loading import LanguageModel
+from tokstep.core.model import LanguageModel
 from tokstep.core.stepper import RunStopped
 from tokstep.testing import save_tiny_chat_model
 

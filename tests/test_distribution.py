@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from tokstep.core.distribution import SUMMARY_TOP_K, entropy_bits, summarize, token_rank
-from tokstep.core.loading import LanguageModel
+from tokstep.core.model import LanguageModel
 from tokstep.core.stepper import TokenStepper
 
 

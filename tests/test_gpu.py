@@ -4,7 +4,6 @@ session stepped alone. Skipped where torch sees no GPU (CI has none)."""
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 
 import pytest
@@ -12,7 +11,8 @@ import torch
 from test_batching import PROMPTS  # prompts of different lengths, so that batches need padding
 
 import tokstep
-from tokstep.core.loading import LanguageModel
+from tokstep.core.model import LanguageModel
+from tokstep.runtimes.in_process import InProcessRuntime
 from tokstep.runtimes.packed_linear import PackedLinear, packing_available
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -27,12 +27,12 @@ def gpu_lm(request: pytest.FixtureRequest) -> LanguageModel:
         # where it is now.
         lm = tokstep.load("tinystories", device_map="cpu")
         lm.model.to("cuda")
-        return lm
+        return InProcessRuntime().serve(lm)
     lm = tokstep.load("tinystories", device_map="cuda")
     assert lm.device.type == "cuda" and lm.model.dtype in (torch.bfloat16, torch.float16)
     if request.param == "fp32":
         lm.model.float()
-    return lm
+    return InProcessRuntime().serve(lm)  # batched, as the app serves it
 
 
 def greedy_run(lm: LanguageModel, prompt: str) -> tuple[list[int], list[float]]:
@@ -60,18 +60,18 @@ def test_a_lone_run_does_not_prefetch_on_the_gpu(gpu_lm: LanguageModel):
     # Alone, a pass of GPU kernel launches would keep taking the GIL back from the thread it overlaps.
     # A batcher of its own (same model): the other tests' sequences, which stepped a moment ago,
     # would count as a class stepping beside this run, and a class does prefetch.
-    lm = dataclasses.replace(gpu_lm)
-    assert lm.batcher is not gpu_lm.batcher and not lm.batcher.prefetches_alone
+    lm = InProcessRuntime().serve(gpu_lm)
+    assert lm.forward.batcher is not gpu_lm.forward.batcher and not lm.forward.batcher.prefetches_alone
     run = tokstep.generate_steps(lm, PROMPTS[0], max_new_tokens=4)
     next(run)
-    assert (lm.batcher.passes, lm.batcher.waiting) == (1, 0)
+    assert (lm.forward.batcher.counters.passes, lm.forward.batcher.waiting) == (1, 0)
     run.close()
 
 
 def test_concurrent_sessions_equal_each_alone_on_the_gpu(gpu_lm: LanguageModel):
     alone = {prompt: greedy_run(gpu_lm, prompt) for prompt in PROMPTS}
     together: dict[str, tuple[list[int], list[float]]] = {}
-    passes_before = gpu_lm.batcher.passes
+    passes_before = gpu_lm.forward.batcher.counters.passes
     threads = [
         threading.Thread(target=lambda p=prompt: together.__setitem__(p, greedy_run(gpu_lm, p))) for prompt in PROMPTS
     ]
@@ -80,7 +80,7 @@ def test_concurrent_sessions_equal_each_alone_on_the_gpu(gpu_lm: LanguageModel):
     for thread in threads:
         thread.join(timeout=120)
     # Fewer passes than tokens: the sessions' steps shared passes.
-    assert gpu_lm.batcher.passes - passes_before < len(PROMPTS) * NEW_TOKENS
+    assert gpu_lm.forward.batcher.counters.passes - passes_before < len(PROMPTS) * NEW_TOKENS
     # bf16 keeps about 3 significant digits, and a padded batch adds its rows in another order.
     tolerance = 1e-4 if gpu_lm.model.dtype == torch.float32 else 5e-2
     for prompt in PROMPTS:
@@ -91,7 +91,7 @@ def test_concurrent_sessions_equal_each_alone_on_the_gpu(gpu_lm: LanguageModel):
 @pytest.mark.skipif(not packing_available(), reason="this torch has no oneDNN")
 @torch.inference_mode()
 def test_a_model_packed_on_the_cpu_steps_on_the_gpu_once_moved(tiny_model_dir):
-    lm = tokstep.load(str(tiny_model_dir), device_map="cpu")
+    lm = InProcessRuntime(pack_weights=True).serve(tokstep.load(str(tiny_model_dir), device_map="cpu"))
     assert isinstance(lm.model.lm_head, PackedLinear)  # the tiny model's output layer is packed
     lm.model.to("cuda")
     ids = tokstep.tokenize(lm.tokenizer, PROMPTS[0])

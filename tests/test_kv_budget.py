@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 import tokstep
 from tokstep.core.stepper import TokenStepper
+from tokstep.runtimes.in_process import InProcessRuntime
 from tokstep.runtimes.warm_set import WarmSet
 
 PROMPTS = ["The cat", "A dog", "One ship", "Two trees", "Three kings"]
@@ -15,7 +14,7 @@ PROMPTS = ["The cat", "A dog", "One ship", "Two trees", "Three kings"]
 
 @pytest.fixture
 def lm_with_three_warm(tiny_lm):
-    return dataclasses.replace(tiny_lm, warm_sequences=WarmSet(capacity=3))
+    return InProcessRuntime(warm_sequences=3).serve(tiny_lm)
 
 
 def test_past_capacity_the_least_recently_used_give_their_cache_back(lm_with_three_warm):
@@ -24,28 +23,28 @@ def test_past_capacity_the_least_recently_used_give_their_cache_back(lm_with_thr
         stepper.step()
         stepper.next_top()  # computes (and caches) the distribution after the new token
     assert [s.holds_cache for s in steppers] == [False, False, True, True, True]
-    assert len(lm_with_three_warm.warm_sequences) == 3
+    assert len(lm_with_three_warm.forward.warm_sequences) == 3
 
 
-def test_a_cooled_sequence_goes_on_exactly_where_it_was(lm_with_three_warm, tiny_lm):
+def test_a_cooled_sequence_goes_on_exactly_where_it_was(lm_with_three_warm, served_lm):
     steppers = [TokenStepper.from_text(lm_with_three_warm, prompt) for prompt in PROMPTS]
     for _ in range(3):
         for stepper in steppers:
             stepper.step()
     for prompt, stepper in zip(PROMPTS, steppers, strict=True):
         stepper.step()
-        expected = [s.token_id for s in tokstep.generate_steps(tiny_lm, prompt, max_new_tokens=4)]
+        expected = [s.token_id for s in tokstep.generate_steps(served_lm, prompt, max_new_tokens=4)]
         assert stepper.generated_ids == expected
         assert [s.chosen_by for s in stepper.steps] == ["greedy"] * 4
     # Undo still works on a sequence whose cache was given back.
     first = steppers[0]
     first.release()
     first.undo()
-    assert first.step().token_id == expected_first_fourth(tiny_lm)
+    assert first.step().token_id == expected_first_fourth(served_lm)
 
 
-def expected_first_fourth(tiny_lm) -> int:
-    return [s.token_id for s in tokstep.generate_steps(tiny_lm, PROMPTS[0], max_new_tokens=4)][3]
+def expected_first_fourth(served_lm) -> int:
+    return [s.token_id for s in tokstep.generate_steps(served_lm, PROMPTS[0], max_new_tokens=4)][3]
 
 
 def test_a_busy_sequence_is_not_released(lm_with_three_warm):

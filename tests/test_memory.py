@@ -34,8 +34,8 @@ def rss_mib() -> float:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
-def test_350_sessions_leave_memory_bounded(tiny_lm):
-    demo = create_demo(tiny_lm)
+def test_350_sessions_leave_memory_bounded(served_lm):
+    demo = create_demo(served_lm)
     with serving(demo, state_session_capacity=SESSION_CAPACITY) as url:
         client = Client(url, verbose=False)
 
@@ -54,10 +54,10 @@ def test_350_sessions_leave_memory_bounded(tiny_lm):
         print(f"\nRSS after {WARM_UP} sessions: {before:.0f} MiB; after {SESSIONS}: {after:.0f} MiB")
         assert len(demo.state_holder.session_data) <= SESSION_CAPACITY
         # Idle sessions keep token ids, not KV caches or 50,257-float logits (200 KiB each).
-        assert len(tiny_lm.warm_sequences) <= DEFAULT_WARM_SEQUENCES
+        assert len(served_lm.forward.warm_sequences) <= DEFAULT_WARM_SEQUENCES
         # A leak of only the next-token logits (one float32 per vocabulary entry) would grow by
         # 200 x 50,257 x 4 bytes = 38 MiB here; allow half of that for allocator noise.
-        leaked_logits_mib = (SESSIONS - WARM_UP) * tiny_lm.model.config.vocab_size * 4 / 2**20
+        leaked_logits_mib = (SESSIONS - WARM_UP) * served_lm.model.config.vocab_size * 4 / 2**20
         assert after - before < leaked_logits_mib / 2, (
             f"memory grew by {after - before:.1f} MiB over {SESSIONS - WARM_UP} sessions"
         )

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import tokstep
-from tokstep.core.loading import LanguageModel, ModelLoadError
+from tokstep.core.model import LanguageModel, ModelLoadError
 from tokstep.core.presets import parse_preset, preset_query
 from tokstep.web.model_choice import DEFAULT_CHOICES, ModelCache, ModelNotAllowedError, allowed_models, parse_models
 

@@ -10,7 +10,9 @@ Sampling instead of greedy, reproducible by its seed:
 """
 
 from tokstep.core.distribution import entropy_bits, logits_to_probs, token_rank
-from tokstep.core.loading import LanguageModel, ModelLoadError, bundled_models, from_objects, load
+from tokstep.core.forward import DirectForward, Forward, ForwardResult
+from tokstep.core.loading import bundled_models, from_objects, load
+from tokstep.core.model import LanguageModel, ModelLoadError
 from tokstep.core.sampling import (
     SamplingSettings,
     apply_temperature,
@@ -39,6 +41,9 @@ from tokstep.core.tokens import PromptToken, TokenTexts, tokenization_table, tok
 __all__ = [
     "STOP_REASON_TEXT",
     "ChosenBy",
+    "DirectForward",
+    "Forward",
+    "ForwardResult",
     "LanguageModel",
     "ModelLoadError",
     "PromptError",

@@ -19,7 +19,7 @@ from typing import Literal
 
 from transformers import PreTrainedTokenizerBase
 
-from tokstep.core.loading import LanguageModel
+from tokstep.core.model import LanguageModel
 from tokstep.core.sampling import SamplingSettings
 from tokstep.core.stepper import PromptError, Step, TokenStepper, context_full_message
 

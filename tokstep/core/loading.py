@@ -17,9 +17,6 @@ name or a missing network gives a clear error at once.
 from __future__ import annotations
 
 import os
-import threading
-from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 
 import huggingface_hub
@@ -27,10 +24,8 @@ import torch
 from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from tokstep.core.model import LanguageModel, ModelLoadError
 from tokstep.core.tokens import TokenTexts
-from tokstep.runtimes.batched import ForwardBatcher
-from tokstep.runtimes.packed_linear import pack_linear_layers
-from tokstep.runtimes.warm_set import WarmSet
 
 BUNDLED_MODELS_DIR = Path(__file__).resolve().parents[1] / "models"
 
@@ -39,52 +34,6 @@ HUB_TIMEOUT_S = 5.0
 
 # Config attributes that hold the number of positions a model reads, by model family.
 _CONTEXT_ATTRIBUTES = ("n_positions", "max_position_embeddings", "n_ctx", "seq_length", "max_seq_len")
-
-
-# Shared by every model loaded in the process (a page may offer several): see LanguageModel.
-FORWARD_LOCK = threading.Lock()
-WARM_SEQUENCES = WarmSet()
-
-
-class ModelLoadError(RuntimeError):
-    """A model could not be loaded; the message names it and says what to do."""
-
-
-@dataclass
-class LanguageModel:
-    """A loaded model with its tokenizer, shared read-only by every user of the demo."""
-
-    name: str
-    model: PreTrainedModel
-    tokenizer: PreTrainedTokenizerBase
-    texts: TokenTexts
-    # Tokens the model can read at once, prompt and generated together; None if unbounded.
-    context_length: int | None
-    # Ids that end generation, as `model.generate` sees them (the generation config's).
-    eos_token_ids: frozenset[int]
-    # One forward pass at a time in the whole process, whichever model it is: torch already
-    # uses every core for one pass, and two passes in parallel threads fight over the cores
-    # and both get much slower (the batcher takes it for each pass; code that runs the model
-    # itself must take it too).
-    forward_lock: threading.Lock = field(default_factory=lambda: FORWARD_LOCK, repr=False)
-    # The sequences (one per tab or API call) that may keep a KV cache in memory at once,
-    # counted over every model of the process.
-    warm_sequences: WarmSet = field(default_factory=lambda: WARM_SEQUENCES, repr=False)
-    # Every stepping forward pass goes through it: concurrent sessions' steps share a batch.
-    batcher: ForwardBatcher = field(init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        self.batcher = ForwardBatcher(self.model, self.forward_lock)
-
-    @property
-    def device(self) -> torch.device:
-        """Where input ids go: the device of the input embeddings."""
-        return self.model.get_input_embeddings().weight.device
-
-    @cached_property
-    def vocab_size(self) -> int:
-        """Width of the model's output: the softmax runs over all of it (read once: every step checks against it)."""
-        return self.model.get_output_embeddings().out_features
 
 
 def bundled_models() -> list[str]:
@@ -165,13 +114,13 @@ def load(
     device_map: str | None = "auto",
     dtype: torch.dtype | None = None,
     hub_timeout: float = HUB_TIMEOUT_S,
-    pack_weights: bool = True,
 ) -> LanguageModel:
     """Load a causal LM and its tokenizer by bundled name, local directory or Hub id.
 
     `device_map="auto"` lets accelerate put the model on a GPU when there is one.
-    The dtype defaults to fp32 on CPU and a half type on CUDA. On a CPU in fp32, the large linear
-    layers' weights are packed for oneDNN once (`tokstep.runtimes.packed_linear`), unless `pack_weights=False`.
+    The dtype defaults to fp32 on CPU and a half type on CUDA. The model is as transformers loads
+    it: its passes are direct calls in the caller's thread (`lm.forward`, a DirectForward); a
+    server hands it to a runtime of its own (`tokstep.runtimes`).
 
     >>> lm = load("tinystories")
     >>> lm.model.training
@@ -211,20 +160,13 @@ def load(
             f"Model '{name}' could not be loaded from {source}: {str(error).rstrip('.')}. Check that it is a causal "
             "language model in Hugging Face format (config.json, weights and tokenizer files)."
         ) from error
-    return from_objects(name, model, tokenizer, pack_weights=pack_weights)
+    return from_objects(name, model, tokenizer)
 
 
-def from_objects(
-    name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, pack_weights: bool = False
-) -> LanguageModel:
-    """Wrap a model and tokenizer already in memory (a notebook's, or a test's).
-
-    `pack_weights=True` replaces the model's large fp32 CPU linear layers in place (see
-    `tokstep.runtimes.packed_linear`); off by default, since the model is the caller's.
-    """
+def from_objects(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> LanguageModel:
+    """Wrap a model and tokenizer already in memory (a notebook's, or a test's); the model is
+    put in eval mode and otherwise left as it is."""
     model.eval()
-    if pack_weights:
-        pack_linear_layers(model)
     return LanguageModel(
         name=name,
         model=model,

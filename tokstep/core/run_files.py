@@ -21,7 +21,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from tokstep.core.loading import LanguageModel
+from tokstep.core.model import LanguageModel
 from tokstep.core.sampling import SamplingSettings
 from tokstep.core.stepper import PromptError, Step, TokenStepper, check_prompt_length
 from tokstep.core.tokens import tokenize

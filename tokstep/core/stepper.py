@@ -27,10 +27,10 @@ import torch
 from transformers.cache_utils import Cache
 
 from tokstep.core.distribution import NextTokenSummary, logits_to_probs
-from tokstep.core.loading import LanguageModel
+from tokstep.core.forward import ForwardResult, PendingPass
+from tokstep.core.model import LanguageModel
 from tokstep.core.sampling import SamplingSettings, sample_token, sampling_probs
 from tokstep.core.tokens import tokenize
-from tokstep.runtimes.batched import ForwardRequest, ForwardResult
 
 StopReason = Literal["end_of_text", "max_new_tokens", "context_full"]
 
@@ -177,8 +177,8 @@ class TokenStepper:
         # The next token's distribution after ids[:_cached] (logits, full softmax, top tokens).
         self._next: NextTokenSummary | None = None
         self._next_forward_ms = 0.0  # wall time of the pass that gave _next
-        # The pass for ids[_cached:], submitted ahead by `prefetch` and not yet read, or None.
-        self._prefetched: ForwardRequest | None = None
+        # The pass for ids[_cached:], queued ahead by `prefetch` and not yet read, or None.
+        self._prefetched: PendingPass | None = None
         self._lock = threading.Lock()  # one step at a time per sequence
         self._prompt_scores: list[TokenScore] | None = None
         self._runs_stopped = 0  # how many times stop_runs was called: runs started before it end
@@ -217,21 +217,19 @@ class TokenStepper:
     def _forward_pending(self) -> NextTokenSummary:
         """Feed the ids not yet in the KV cache; return the next token's distribution.
 
-        The pass goes through the model's batcher: when other sessions step at the same
-        moment, their tokens and this one share one batched forward pass."""
+        The pass goes through the model's Forward (`lm.forward`): a direct call, or a runtime
+        in which other sessions' tokens may share the pass."""
         if self._next_is_current:
             return self._next
         request, self._prefetched = self._prefetched, None
         if request is not None:
-            self._take(self.lm.batcher.wait(request))
+            self._take(self.lm.forward.collect(request))
         else:
-            # Queued and awaited in one step: this thread leads its own pass when none runs, with
-            # no hand-over to the runner thread and back (submit, then wait, would allow one).
-            self._take(self.lm.batcher.forward(*self._pending_pass(), sequence=id(self)))
+            self._take(self.lm.forward.forward(*self._pending_pass(), sequence=id(self)))
         return self._next
 
     def _pending_pass(self) -> tuple[list[int], Cache | None, int]:
-        """The pass the next distribution needs, as the batcher takes it: the ids not yet in the
+        """The pass the next distribution needs, as a Forward takes it: the ids not yet in the
         KV cache (the whole prompt at first, then one token), the cache, and its length."""
         return self.ids[self._cached :], self._cache, self._cached
 
@@ -247,21 +245,19 @@ class TokenStepper:
         self._cache = result.cache
         self._cached = len(self.ids)
         self._next = result.summary
-        self.lm.warm_sequences.touch(self)
+        self.lm.forward.cache_kept(self)
 
     def prefetch(self) -> None:
-        """Submit the pass that the next step needs (the newest token's) and return at once.
+        """Queue the pass that the next step needs (the newest token's) and return at once.
 
-        A run calls this before it hands a token out: while the caller shows that token, the
-        pass joins the next batch, so a class's next pass need not wait for every session's
-        page update. Nothing is guessed: it is the pass the next step would run anyway, and
-        the next step waits for it. Does nothing when no pass is pending, or when the batcher
-        says it does not pay (a lone sequence on an accelerator: see ForwardBatcher.should_prefetch)."""
-        if not self.lm.batcher.should_prefetch(id(self)):
-            return
+        A run calls this before it hands a token out: in a runtime that runs passes ahead, while
+        the caller shows that token, the pass joins the next batch, so a class's next pass need
+        not wait for every session's page update. Nothing is guessed: it is the pass the next
+        step would run anyway, and the next step waits for it. Does nothing when no pass is
+        pending, or when the runtime does not run passes ahead (the direct call never does)."""
         with self._lock:
             if self._prefetched is None and not self._next_is_current:
-                self._prefetched = self.lm.batcher.submit(*self._pending_pass(), sequence=id(self))
+                self._prefetched = self.lm.forward.prefetch(*self._pending_pass(), sequence=id(self))
 
     def drop_prefetch(self) -> None:
         """Withdraw a prefetched pass that no step will read (the run was stopped). A pass already
@@ -286,13 +282,13 @@ class TokenStepper:
 
     def end_run(self) -> None:
         """A run of steps ended (finished or stopped): withdraw its prefetched pass, and tell the
-        batcher not to expect this sequence back, so no pass waits for it."""
+        runtime not to expect this sequence back, so no pass waits for it."""
         self.drop_prefetch()
-        self.lm.batcher.forget(id(self))
+        self.lm.forward.run_ended(id(self))
 
     def _drop_prefetch(self) -> None:
         request, self._prefetched = self._prefetched, None
-        if request is None or self.lm.batcher.cancel(request):
+        if request is None or self.lm.forward.withdraw(request):
             return
         if request.done and request.result is not None:
             self._take(request.result)  # it ran already: as good as any later pass
@@ -310,7 +306,7 @@ class TokenStepper:
         try:
             self._drop_prefetch()
             self._cache, self._cached, self._next = None, 0, None
-            self.lm.warm_sequences.discard(self)
+            self.lm.forward.cache_dropped(self)
         finally:
             self._lock.release()
         return True
@@ -529,8 +525,7 @@ def score_prompt(lm: LanguageModel, ids: Sequence[int]) -> list[TokenScore]:
     limit = lm.context_length
     if limit is not None and len(ids) > limit:
         raise PromptError(f"The text is {len(ids)} tokens, but {lm.name} reads at most {limit} tokens at once.")
-    with lm.forward_lock, torch.inference_mode():
-        logits = lm.model(input_ids=torch.tensor([ids], device=lm.device), use_cache=False).logits[0]  # (T, vocab)
+    logits = lm.forward.prompt_logits(ids)  # (T, vocab)
     probs = logits_to_probs(logits[:-1])  # (T - 1, vocab): row i predicts ids[i + 1]
     targets = torch.tensor(ids[1:], device=probs.device)  # (T - 1,)
     target_probs = probs.gather(1, targets[:, None])  # (T - 1, 1)

@@ -11,7 +11,7 @@ from typing import Any
 
 import gradio as gr
 
-from tokstep.core.loading import LanguageModel, ModelLoadError
+from tokstep.core.model import LanguageModel, ModelLoadError
 from tokstep.core.sampling import SamplingSettings
 from tokstep.core.stepper import PromptError, Step, TokenStepper, run_steps
 from tokstep.web.model_choice import ModelCache, ModelNotAllowedError

@@ -21,7 +21,7 @@ import gradio as gr
 
 from tokstep.core.chat import NO_TEMPLATE_MESSAGE as NO_TEMPLATE
 from tokstep.core.chat import ChatError, ChatSession, ChatTurn, TokenKind, has_chat_template
-from tokstep.core.loading import LanguageModel
+from tokstep.core.model import LanguageModel
 from tokstep.core.sampling import SamplingSettings
 from tokstep.core.stepper import RunStopped, Step
 from tokstep.core.tokens import visible_whitespace

@@ -16,7 +16,8 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 
-from tokstep.core.loading import LanguageModel, ModelLoadError, load
+from tokstep.core.loading import load
+from tokstep.core.model import LanguageModel, ModelLoadError
 
 # Offered next to the app's own model when the operator does not set TOKSTEP_MODELS.
 DEFAULT_CHOICES = ("gpt2", "distilgpt2", "tinystories")

@@ -28,7 +28,8 @@ from typing import Any
 
 import gradio as gr
 
-from tokstep.core.loading import LanguageModel, ModelLoadError
+from tokstep.core.loading import load
+from tokstep.core.model import LanguageModel, ModelLoadError
 from tokstep.core.presets import Preset, apply_preset, has_preset, link_reproduces, parse_preset, preset_query
 from tokstep.core.run_files import (
     MAX_RUN_BYTES,
@@ -41,7 +42,7 @@ from tokstep.core.run_files import (
 )
 from tokstep.core.sampling import SamplingSettings
 from tokstep.core.stepper import STOP_REASON_TEXT, PromptError, RunStopped, TokenStepper, context_full_message
-from tokstep.web.absent_modules import mark_absent
+from tokstep.runtimes.in_process import InProcessRuntime
 from tokstep.web.api import generate_updates, model_or_error, new_stepper, number, sampling_settings, whole_number
 from tokstep.web.assets import JS
 from tokstep.web.assets import LAUNCH_OPTIONS as PAGE_OPTIONS
@@ -99,7 +100,7 @@ class ServerLimits:
 
     max_queue: int = 64  # events waiting for a worker, all users together
     autorun_workers: int = 32  # Auto-runs at once (page and chat each): mostly pausing between tokens
-    # /generate streams at once. Their steps share batched forward passes (tokstep.runtimes.batched),
+    # /generate streams at once. Their steps share batched forward passes (tokstep.runtimes.scheduler),
     # so a class's worth costs about one pass per token; more wait in the queue.
     stream_workers: int = 32
     workers: int = 8  # Steps, resets and the like at once (their passes are batched too)
@@ -295,6 +296,7 @@ def create_demo(
     notice: str | None = None,
     limits: ServerLimits = ServerLimits(),  # noqa: B008 (frozen, so sharing the default is safe)
     models: Sequence[str] | None = None,
+    runtime: InProcessRuntime | None = None,
 ) -> gr.Blocks:
     """The tokstep page for `lm`. `notice` is shown at the top (e.g. why a fallback model runs).
 
@@ -302,12 +304,16 @@ def create_demo(
     always offered, first, and is every session's default). Without it the page offers only
     `lm`, and a run file made with another model loads on `lm` with a warning, as it always did;
     with it, a run file switches to its model when that is offered and is refused otherwise.
+
+    `runtime` runs every model's passes (a new `InProcessRuntime` when not given: one lock and one
+    bound on kept caches for the page's models); the page serves `runtime.serve(lm)`, and `lm`
+    itself is left as it was.
     """
-    # Gradio looks for matplotlib around every event and for polars for every table; where they
-    # are not installed, each look would scan sys.path again (see tokstep.web.absent_modules).
-    mark_absent()
+    runtime = runtime if runtime is not None else InProcessRuntime()
+    lm = runtime.serve(lm)
     offers_choice = models is not None
-    cache = ModelCache(allowed_models(lm.name, models or ()), loaded=[lm])
+    allowed = allowed_models(lm.name, models or ())
+    cache = ModelCache(allowed, loaded=[lm], loader=lambda name: runtime.serve(load(name)))
     default_model = cache.default
     with gr.Blocks(title="tokstep: watch a language model write") as demo:
         gr.Markdown(

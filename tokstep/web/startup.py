@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from tokstep.core.loading import LanguageModel, ModelLoadError, bundled_models, load
+from tokstep.core.loading import bundled_models, load
+from tokstep.core.model import LanguageModel, ModelLoadError
 
 FALLBACK_MODEL = "tinystories"
 

@@ -1,0 +1,144 @@
+"""The forward seam: where a sequence's next-token distribution comes from.
+
+The stepper never runs the model itself. It asks a `Forward` for the distribution after a
+sequence's ids, handing it the ids not yet in the sequence's KV cache, the cache, and how many
+positions the cache holds:
+
+    stepper ──forward(ids, cache, cached, sequence)──▶ Forward ──▶ ForwardResult(cache, summary)
+
+`DirectForward` is the default: it calls the model in the caller's thread, one sequence at a
+time, with nothing shared between sequences. That is what a notebook gets from `tokstep.load`
+and `generate_steps`: no thread, no lock, no bound on the caches it keeps. A server plugs in
+another runtime (`tokstep.runtimes`): the batched in-process one shares passes between
+sessions and may run a sequence's next pass ahead (`prefetch`) and bound the caches kept
+(`cache_kept`); the hooks below let it, and do nothing here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from transformers import PreTrainedModel
+from transformers.cache_utils import Cache
+
+from tokstep.core.distribution import NextTokenSummary, summarize
+
+
+@dataclass(frozen=True)
+class ForwardResult:
+    """What one sequence gets back from a pass."""
+
+    cache: Cache | None  # its KV cache, now holding every id it sent (None: the model keeps no cache)
+    summary: NextTokenSummary  # the next token's logits, full softmax, entropy, top tokens
+    forward_ms: float  # wall time of the pass it was part of, summaries included
+
+
+@dataclass(eq=False)
+class PendingPass:
+    """A pass queued ahead (`Forward.prefetch`) and not yet read: the runtime fills it in."""
+
+    ids: list[int]  # tokens not yet in the cache, in order
+    cache: Cache | None  # holds `cached` positions, or None
+    cached: int
+    sequence: Hashable = None  # who asks: the same for every step of one sequence
+    result: ForwardResult | None = None
+    error: BaseException | None = None
+    done: bool = False
+    forgotten: bool = False  # its run ended while its pass ran: the pass does not expect it back
+
+
+class CacheHolder(Protocol):
+    """A sequence that keeps a KV cache and can give it back (TokenStepper)."""
+
+    def release(self, blocking: bool = True) -> bool: ...
+
+
+class Forward:
+    """Where passes run. Subclasses give `forward` and `prompt_logits`; the rest are hooks a
+    runtime may use, and do nothing by default."""
+
+    def forward(self, ids: Sequence[int], cache: Cache | None, cached: int, sequence: Hashable) -> ForwardResult:
+        """Feed `ids` on top of `cache` (which holds `cached` positions) and return the next
+        token's distribution with the cache extended by them. `cache` may be extended in place."""
+        raise NotImplementedError
+
+    def prompt_logits(self, ids: Sequence[int]) -> torch.Tensor:
+        """The model's logits at every position of `ids`, read with no cache: (T, vocab)."""
+        raise NotImplementedError
+
+    def prefetch(self, ids: Sequence[int], cache: Cache | None, cached: int, sequence: Hashable) -> PendingPass | None:
+        """Queue the pass `forward` would run and return at once, or None when this runtime does
+        not run passes ahead (then the step runs it when it needs it)."""
+        return None
+
+    def collect(self, pending: PendingPass) -> ForwardResult:
+        """The result of a prefetched pass, waiting for it to run."""
+        raise NotImplementedError(f"{type(self).__name__} runs no pass ahead")
+
+    def withdraw(self, pending: PendingPass) -> bool:
+        """Take a prefetched pass back; False when it has run or is running (see `pending.done`)."""
+        return False
+
+    def run_ended(self, sequence: Hashable) -> None:
+        """A run of steps of `sequence` ended: no pass should wait for it."""
+
+    def cache_kept(self, holder: CacheHolder) -> None:
+        """`holder` just stored a cache from a pass (a runtime may bound how many are kept)."""
+
+    def cache_dropped(self, holder: CacheHolder) -> None:
+        """`holder` gave its cache back."""
+
+
+def model_device(model: PreTrainedModel) -> torch.device:
+    """Where input ids go: the device of the input embeddings (it may move after loading)."""
+    return model.get_input_embeddings().weight.device
+
+
+def output_cache(output: Any) -> Cache | None:
+    """The cache a forward pass returned, or None for a model that keeps its state elsewhere."""
+    return getattr(output, "cache", None)
+
+
+def elapsed_ms(started: float, logits: torch.Tensor) -> float:
+    """Milliseconds since `started` (perf_counter), once the pass that made `logits` has ended."""
+    if logits.device.type == "cuda":
+        torch.cuda.synchronize(logits.device)  # the pass ran asynchronously: wait for it to end
+    return (time.perf_counter() - started) * 1000.0
+
+
+def one_pass(model: PreTrainedModel, ids: Sequence[int], cache: Cache | None) -> ForwardResult:
+    """One sequence's pass: `ids` on top of `cache`, only the last position's logits kept."""
+    pending = torch.tensor([list(ids)], device=model_device(model))  # (1, T_new)
+    started = time.perf_counter()
+    output = model(input_ids=pending, cache=cache, use_cache=True, logits_to_keep=1)  # logits (1, 1, vocab)
+    (summary,) = summarize(output.logits[:, -1])  # from (1, vocab)
+    return ForwardResult(output_cache(output), summary, elapsed_ms(started, summary.logits))
+
+
+def full_logits(model: PreTrainedModel, ids: Sequence[int]) -> torch.Tensor:
+    """An uncached pass over the whole of `ids`: (T, vocab)."""
+    with torch.inference_mode():
+        return model(input_ids=torch.tensor([list(ids)], device=model_device(model)), use_cache=False).logits[0]
+
+
+class DirectForward(Forward):
+    """The model called in the caller's thread, one sequence at a time: what a notebook gets.
+
+    >>> lm = tokstep.load("tinystories")
+    >>> type(lm.forward).__name__
+    'DirectForward'
+    """
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        self.model = model
+
+    def forward(self, ids: Sequence[int], cache: Cache | None, cached: int, sequence: Hashable) -> ForwardResult:
+        with torch.inference_mode():
+            return one_pass(self.model, ids, cache)
+
+    def prompt_logits(self, ids: Sequence[int]) -> torch.Tensor:
+        return full_logits(self.model, ids)
