@@ -230,7 +230,12 @@ class TokenStepper:
 
     def _pending_pass(self) -> tuple[list[int], Cache | None, int]:
         """The pass the next distribution needs, as a Forward takes it: the ids not yet in the
-        KV cache (the whole prompt at first, then one token), the cache, and its length."""
+        KV cache (the whole prompt at first, then one token), the cache, and its length.
+
+        With no cache, every id: none yet, one given back, or a model that returns none (a stateful
+        model, such as RecurrentGemma, keeps its state inside itself, for one sequence at a time)."""
+        if self._cache is None:
+            return list(self.ids), None, 0
         return self.ids[self._cached :], self._cache, self._cached
 
     @property
@@ -245,7 +250,8 @@ class TokenStepper:
         self._cache = result.cache
         self._cached = len(self.ids)
         self._next = result.summary
-        self.lm.forward.cache_kept(self)
+        if self._cache is not None:  # a model that returns no cache leaves nothing to keep
+            self.lm.forward.cache_kept(self)
 
     def prefetch(self) -> None:
         """Queue the pass that the next step needs (the newest token's) and return at once.
@@ -423,16 +429,31 @@ class TokenStepper:
             # Keep the keys/values of ids[:-1]: feeding ids[-1] again gives the distribution
             # after it. The cache holds _cached positions (the popped token's, if it was fed).
             keep = len(self.ids) - 1
-            if self._cache is not None and self._cached > keep:
-                if callable(getattr(self._cache, "crop", None)) and getattr(self._cache, "is_croppable", True):
-                    self._cache.crop(keep - self._cached)  # a negative count: remove that many positions
-                    self._cached = keep
-                else:
-                    # Sliding-window or recurrent layers cannot be put back as they were: read
-                    # the whole sequence again.
-                    self._cache, self._cached = None, 0
+            if self._cache is not None and self._cached > keep and not self._crop_cache(keep):
+                # Sliding-window or recurrent layers cannot be put back as they were: read
+                # the whole sequence again.
+                self._cache, self._cached = None, 0
             self._next = None
         return step
+
+    def _crop_cache(self, keep: int) -> bool:
+        """Crop the KV cache to its first `keep` positions; False when it cannot be put back as it
+        was (the caller then drops it and reads the ids again).
+
+        `is_croppable` alone does not tell: in transformers 5 a sliding-window layer whose window is
+        full, and a linear-attention layer holding only a conv state (LFM2's), both say they are
+        croppable, yet their `crop` raises RuntimeError unless they record their past
+        (`activate_past_recording`, which tokstep does not ask for: it would keep every position).
+        Layers cropped before the one that raised go with the rest of the dropped cache."""
+        cache = self._cache
+        if not callable(getattr(cache, "crop", None)) or not getattr(cache, "is_croppable", True):
+            return False
+        try:
+            cache.crop(keep - self._cached)  # a negative count: remove that many positions
+        except RuntimeError:
+            return False
+        self._cached = keep
+        return True
 
 
 def context_full_message(lm: LanguageModel) -> str:
