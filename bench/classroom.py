@@ -71,7 +71,8 @@ from bench.common import (
 from bench.sse_client import fn_index, greedy_arguments, stream_outputs
 from tokstep.core.stepper import STOP_REASON_TEXT
 from tokstep.runtimes.warm_set import DEFAULT_WARM_SEQUENCES
-from tokstep.web.page import DEFAULT_SPEED
+from tokstep.web.constants import DEFAULT_SPEED
+from tokstep.web.settings import page_arguments
 from tokstep.web.views import VIEW_OUTPUTS
 
 LEVELS = (10, 30, 60)
@@ -83,9 +84,9 @@ WARM_UP_SESSIONS = 2 * DEFAULT_WARM_SEQUENCES  # before measuring idle sessions 
 # Issue 6's targets for 30 clients.
 TARGET_CLIENTS = 30
 TTFT_TARGET_S, GAP_TARGET_S, LAST_TARGET_S = 2.0, 0.250, 10.0
-# The page's settings as its /reset event takes them (top-k size, mode, temperature, sample top-k,
-# top-p, seed, colour prompt): only for measuring a page session's memory.
-PAGE_SETTINGS = (5, "Greedy (most likely)", 1.0, 0, 1.0, 0, False)
+# The page's default settings as its events take them, after their other inputs (in the page's order,
+# which tokstep.web.settings knows): for page Auto-runs and for measuring a page session's memory.
+PAGE_SETTINGS = page_arguments()
 PAGE_STATUS_OUTPUT = VIEW_OUTPUTS.index("status")  # the page's status line, among an update's outputs
 
 
@@ -187,8 +188,9 @@ def generate_request(tokens: int) -> Request:
 
 def page_autorun_request(tokens: int, speed: float) -> Request:
     """The page's Auto-run at `speed` tokens per second, as a browser tab sends it: the session's
-    state and model first (None: the server keeps them), then the prompt, the count, the speed
-    and the page's settings. It reads the status line, which says when and why a run stopped."""
+    state and model first (None: the server keeps them; the page creates them first, and Gradio sends
+    an event's inputs in the order they were created), then the prompt, the count, the speed and the
+    page's settings. It reads the status line, which says when and why a run stopped."""
     arguments = [None, None, PROMPT, tokens, speed, *PAGE_SETTINGS]
     return Request("/autorun", arguments, PAGE_STATUS_OUTPUT, page_stop_reason)
 

@@ -1,6 +1,6 @@
 """Packing: one cached decode step with plain linear layers against the same weights packed for oneDNN.
 
-tokstep.load packs a model's large fp32 linear layers on a CPU (tokstep/runtimes/packed_linear.py). This
+The app packs its models' large fp32 linear layers on a CPU (tokstep/runtimes/packed_linear.py). This
 measures what that buys, side by side in one run: the same model twice (plain, and a packed copy
 with the same weights), one decode step (a cached forward pass over one new token per sequence,
 after a 64-token prompt) at several batch sizes, interleaved over repetitions, median kept. It

@@ -21,14 +21,16 @@ import tokstep.runtimes.kv_layout
 import tokstep.testing
 from tokstep.core.model import LanguageModel
 from tokstep.runtimes.in_process import InProcessRuntime
+from tokstep.web.settings import page_arguments
 
 # Tests never reach the Hub; the loader's "is it cached / is the Hub there" checks stay local.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
-# The page's settings as the UI events take them (top-k size, mode, temperature, sample
-# top-k, top-p, seed, colour prompt): API clients must send them all to undocumented events.
-SETTINGS = (5, "Greedy (most likely)", 1.0, 0, 1.0, 0, False)
+# The page's default settings as its undocumented events take them, after their other inputs
+# (`client.predict(prompt, *SETTINGS, api_name="/step")`). Their order is the page's, which only
+# tokstep.web.settings knows: other settings come from `page_arguments(mode=SAMPLE, seed=3)`.
+SETTINGS = page_arguments()
 TINY_CONTEXT = 64  # positions of the tiny model: small enough to fill in a test
 CHROMIUM = os.environ.get("TOKSTEP_CHROMIUM", "/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,12 +11,15 @@ from gradio_client.exceptions import AppError
 from test_chat import MESSAGE, chat_lm, chat_model_dir, greedy_reply, im_end, plain_lm  # noqa: F401 (fixtures)
 
 from tokstep.core.chat import MAX_MESSAGE_CHARS, control_token_ids, start_turn
-from tokstep.web.chat_section import GREEDY, add_chat
+from tokstep.web.chat_section import add_chat
+from tokstep.web.settings import chat_arguments
 from tokstep.web.views import label_key
 
-# The chat events' settings after the model name: show template, top-k size, mode, temperature, seed.
-SETTINGS = (False, 5, GREEDY, 1.0, 0)
-WITH_TEMPLATE = (True, *SETTINGS[1:])
+# The chat events' default settings, after the model name (and Send's message), in the order
+# tokstep.web.settings.chat_arguments knows.
+SETTINGS = chat_arguments()
+WITH_TEMPLATE = chat_arguments(show_template=True)
+FAST = chat_arguments(speed=20.0)  # Auto-run at 20 tokens per second
 # Outputs of the chat events, in order (gr.State is not sent to API clients); Send adds the message box.
 BOT, TOPK, TOKENS, STATUS, MESSAGE_BOX = range(5)
 
@@ -69,7 +72,7 @@ def test_autorun_streams_the_reply_until_the_model_ends_its_turn(client, chat_lm
     reply = greedy_reply(chat_lm, start_turn(chat_lm, [], MESSAGE).stepper.ids)
     assert reply[-1] == im_end(chat_lm)
     client.predict("chat-model", MESSAGE, *SETTINGS, api_name="/chat_send")
-    job = client.submit("chat-model", 64, 20.0, *SETTINGS, api_name="/chat_autorun")
+    job = client.submit("chat-model", *FAST, api_name="/chat_autorun")
     job.result()
     updates = job.outputs()
     assert [len(chip_categories(u)) for u in updates] == list(range(1, len(reply) + 1))  # one update per token
@@ -113,11 +116,11 @@ def test_bad_input_gets_a_clear_message_and_the_chat_stays(client, chat_lm):  # 
         with pytest.raises(AppError, match=why):
             client.predict("chat-model", message, *SETTINGS, api_name="/chat_send")
     with pytest.raises(AppError, match="mode must be"):
-        client.predict("chat-model", *SETTINGS[:2], "beam search", *SETTINGS[3:], api_name="/chat_step")
+        client.predict("chat-model", *chat_arguments(mode="beam search"), api_name="/chat_step")
     with pytest.raises(AppError, match="Top-k size must be a whole number from 1 to 20"):
-        client.predict("chat-model", SETTINGS[0], 0, *SETTINGS[2:], api_name="/chat_view")
+        client.predict("chat-model", *chat_arguments(top_k=0), api_name="/chat_view")
     with pytest.raises(AppError, match="Speed must be a number"):
-        client.predict("chat-model", 5, 1000, *SETTINGS, api_name="/chat_autorun")
+        client.predict("chat-model", *chat_arguments(tokens=5, speed=1000), api_name="/chat_autorun")
     now = client.predict("chat-model", *SETTINGS, api_name="/chat_view")
     assert bot_messages(now) == bot_messages(shown) and chip_categories(now) == chip_categories(shown)
 

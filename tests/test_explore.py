@@ -12,9 +12,11 @@ from test_server import STATUS, TOKENS, TOPK, TOPK_TABLE, generated_ids, greedy,
 import tokstep
 from tokstep.core.sampling import SamplingSettings
 from tokstep.web.assets import PROMPT_COLOR, RANK_COLORS
+from tokstep.web.constants import SAMPLE
+from tokstep.web.settings import page_arguments
 
 PROMPT = "Once upon a time"
-SAMPLED = (5, "Sample (seeded)", 1.2, 40, 0.95, 7, False)  # top-k size, mode, T, top-k, top-p, seed, score
+SAMPLED = page_arguments(mode=SAMPLE, temperature=1.2, sample_top_k=40, top_p=0.95, seed=7)
 
 
 @pytest.fixture
@@ -79,11 +81,11 @@ def test_sampling_shows_true_probabilities_with_a_second_column(client, tiny_lm)
 
 def test_top_k_size_sets_how_many_candidates_are_shown(client):
     for k in (1, 12, 20):
-        view = client.predict(PROMPT, k, *SETTINGS[1:], api_name="/reset")
+        view = client.predict(PROMPT, *page_arguments(top_k=k), api_name="/reset")
         assert len(view[TOPK]["confidences"]) == k
         assert len(table_rows(view[TOPK_TABLE])) == k
     with pytest.raises(AppError, match="Top-k size must be a whole number from 1 to 20"):
-        client.predict(PROMPT, 50, *SETTINGS[1:], api_name="/reset")
+        client.predict(PROMPT, *page_arguments(top_k=50), api_name="/reset")
 
 
 def test_chips_show_rank_and_how_chosen_and_colour_by_rank(client, tiny_lm):
@@ -99,7 +101,7 @@ def test_chips_show_rank_and_how_chosen_and_colour_by_rank(client, tiny_lm):
 
 
 def test_prompt_tokens_scored_on_request(client, tiny_lm):
-    view = client.predict(PROMPT, *SETTINGS[:-1], True, api_name="/reset")
+    view = client.predict(PROMPT, *page_arguments(score_prompt=True), api_name="/reset")
     scores = tokstep.score_prompt(tiny_lm, tokstep.tokenize(tiny_lm.tokenizer, PROMPT))
     assert chips(view) == [str(scores[0].token_id)] + [f"{s.token_id} · #{s.rank}" for s in scores[1:]]
     colours = view[TOKENS]["color_map"]

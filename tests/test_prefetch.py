@@ -19,8 +19,8 @@ import tokstep.runtimes.scheduler
 from tokstep.core.stepper import Step, TokenStepper
 from tokstep.runtimes.in_process import InProcessRuntime
 from tokstep.runtimes.scheduler import ForwardBatcher
-from tokstep.web.page import autorun
-from tokstep.web.views import ViewSettings
+from tokstep.web.page_handlers import autorun
+from tokstep.web.settings import PageSettings
 
 
 @pytest.fixture(autouse=True)
@@ -261,12 +261,12 @@ def test_a_run_stopped_while_its_pass_runs_is_not_expected_back_when_that_pass_e
 def test_the_pages_auto_run_is_not_counted_as_stepping_once_it_ended_or_was_stopped(accelerator_like_lm):
     batcher = accelerator_like_lm.forward.batcher
     stepper = TokenStepper.from_text(accelerator_like_lm, PROMPTS[1])
-    updates = autorun(stepper, ViewSettings(), 10, 0.0)
+    updates = autorun(stepper, PageSettings(), 10, 0.0)
     next(updates)
     assert batcher.should_prefetch("a new sequence")
     updates.close()  # as the page's Stop cancels it
     assert not batcher.should_prefetch("a new sequence")
-    assert len(list(autorun(stepper, ViewSettings(), 2, 0.0))) == 2
+    assert len(list(autorun(stepper, PageSettings(), 2, 0.0))) == 2
     assert not batcher.should_prefetch("a new sequence")
 
 

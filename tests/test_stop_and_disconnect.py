@@ -15,8 +15,8 @@ from test_server import generated_ids, greedy
 
 import tokstep
 from tokstep.core.stepper import TokenStepper
-from tokstep.web.page import autorun
-from tokstep.web.views import ViewSettings
+from tokstep.web.page_handlers import autorun
+from tokstep.web.settings import PageSettings
 
 PROMPT = "Once upon a time"
 SPEED = 5.0  # tokens per second: one step every 0.2 s
@@ -117,18 +117,18 @@ def test_a_stopped_auto_run_takes_no_step_after_the_stop(tiny_lm):
     # Cancelling Auto-run does not stop the thread running it: resumed after Stop (from its pause,
     # or from a pass it waited on), it must not append a token the page will never show.
     stepper = TokenStepper.from_text(tiny_lm, PROMPT)
-    updates = autorun(stepper, ViewSettings(), 10, 0.0)
+    updates = autorun(stepper, PageSettings(), 10, 0.0)
     next(updates)
     shown = list(stepper.ids)
     stepper.stop_runs()  # as the page's Stop does
     assert list(updates) == []
     assert stepper.ids == shown
-    assert len(list(autorun(stepper, ViewSettings(), 2, 0.0))) == 2  # a new Auto-run runs as usual
+    assert len(list(autorun(stepper, PageSettings(), 2, 0.0))) == 2  # a new Auto-run runs as usual
 
 
 def test_stop_waits_for_the_step_in_progress_and_keeps_its_token(tiny_lm):
     stepper = TokenStepper.from_text(tiny_lm, PROMPT)
-    updates = autorun(stepper, ViewSettings(), 10, 0.0)
+    updates = autorun(stepper, PageSettings(), 10, 0.0)
     next(updates)
     inside, resume = threading.Event(), threading.Event()
 

@@ -14,9 +14,11 @@ from test_server import STATUS, TEXT, generated_ids, token_entries
 
 import tokstep
 from tokstep.core.run_files import MAX_RUN_BYTES
+from tokstep.web.constants import SAMPLE
+from tokstep.web.settings import page_arguments
 
 PROMPT = "Once upon a time"
-SAMPLE_SETTINGS = (5, "Sample (seeded)", 0.8, 0, 1.0, 9, False)
+SAMPLE_SETTINGS = page_arguments(mode=SAMPLE, temperature=0.8, seed=9)
 
 
 @pytest.fixture
@@ -55,8 +57,8 @@ def test_export_then_load_gives_the_same_tokens_in_a_fresh_session(client, serve
     assert token_entries(after) == token_entries(before)  # ids, ranks and "sampled" marks
     assert after[TEXT] == before[TEXT]
     assert "Loaded a run: 2 generated tokens" in after[STATUS]
-    # The page's settings come from the file: prompt, top-k size, mode, temperature, ..., seed.
-    assert after[6:] == (PROMPT, 5, "Sample (seeded)", 0.8, 0, 1.0, 9, False)
+    # The page's settings come from the file: the prompt, then every setting (in the page's order).
+    assert after[6:] == (PROMPT, *SAMPLE_SETTINGS)
     # The session goes on from the loaded state: the next seeded draw is the original's.
     stepper = tokstep.TokenStepper.from_text(tiny_lm, PROMPT)
     for recorded in run["steps"]:

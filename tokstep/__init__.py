@@ -13,6 +13,7 @@ from tokstep.core.distribution import entropy_bits, logits_to_probs, token_rank
 from tokstep.core.forward import DirectForward, Forward, ForwardResult
 from tokstep.core.loading import bundled_models, from_objects, load
 from tokstep.core.model import LanguageModel, ModelLoadError
+from tokstep.core.run_loop import generate_steps
 from tokstep.core.sampling import (
     SamplingSettings,
     apply_temperature,
@@ -32,7 +33,6 @@ from tokstep.core.stepper import (
     TokenScore,
     TokenStepper,
     UndoError,
-    generate_steps,
     rank_bucket,
     score_prompt,
 )

@@ -11,9 +11,12 @@ docs/performance.md, "Threads"); one op over the batch costs about what one row'
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
 
 import torch
+
+from tokstep.core.sampling import SamplingSettings, sample_token, sampling_probs
 
 # The page's largest top-k: every step it shows is read from the summary. A larger k (the
 # engine allows up to the vocabulary) is computed from `probs` when asked for.
@@ -47,16 +50,79 @@ def token_rank(probs: torch.Tensor, token_id: int) -> int:
     return int((probs > probs[token_id]).sum()) + 1
 
 
+# Whose sampler draws a token: tokstep's own seeded draw from the full distribution in this process,
+# or a serving engine's, given the same settings and a seed made from (seed, position).
+SamplerName = Literal["tokstep", "engine"]
+
+# The numbers of a step that a runtime may only estimate (a serving engine returns the top tokens,
+# not the whole distribution): the entropy, and the sampler's probabilities after temperature/top-p.
+Estimate = Literal["entropy", "sampling"]
+
+
+class Sampler(Protocol):
+    """The distribution a sampled token is drawn from (after temperature, top-k and top-p)."""
+
+    name: SamplerName
+    kept: int  # how many tokens the filters leave to draw from
+    estimated: bool  # `prob` and `kept` are estimates, not exact
+
+    def prob(self, token_id: int) -> float:
+        """The sampler's probability of `token_id`."""
+        ...
+
+    def draw(self, position: int) -> int:
+        """One token, drawn reproducibly for (the settings' seed, `position`)."""
+        ...
+
+
+class TensorSampler:
+    """tokstep's own sampler over the full (vocab,) logits: exact, drawn in this process."""
+
+    name: SamplerName = "tokstep"
+    estimated = False
+
+    def __init__(self, logits: torch.Tensor, settings: SamplingSettings) -> None:
+        self.settings = settings
+        self.probs = sampling_probs(logits, settings)  # (vocab,)
+
+    @property
+    def kept(self) -> int:
+        return int((self.probs > 0).sum())
+
+    def prob(self, token_id: int) -> float:
+        return float(self.probs[token_id])
+
+    def draw(self, position: int) -> int:
+        return sample_token(self.probs, self.settings, position)
+
+
 @dataclass(frozen=True, eq=False)
 class NextTokenSummary:
-    """One row's next-token distribution and the numbers a step shows of it."""
+    """One row's next-token distribution and the numbers a step shows of it.
 
-    logits: torch.Tensor  # (vocab,) as the model gave them
-    probs: torch.Tensor  # (vocab,) full softmax, fp32
-    entropy: float  # of `probs`, in bits
+    A runtime that has the whole distribution (the model in this process) fills in `logits` and
+    `probs`. One that has only the most likely tokens (a serving engine) leaves them None and
+    subclasses this: `prob`, `rank`, `top` and `sampler` then ask it, and `estimates` names what
+    it could only estimate."""
+
+    logits: torch.Tensor | None  # (vocab,) as the model gave them; None: not in this process
+    probs: torch.Tensor | None  # (vocab,) full softmax, fp32; None: not in this process
+    entropy: float  # of `probs`, in bits (an estimate when "entropy" is in `estimates`)
     greedy_id: int  # argmax of the logits: what greedy search (and `generate`) picks
     top_ids: list[int]  # the min(SUMMARY_TOP_K, vocab) most likely tokens, highest first
     top_probs: list[float]  # their probabilities
+    estimates: frozenset[Estimate] = field(default=frozenset())  # which numbers are estimates, not exact
+
+    def top(self, k: int) -> tuple[list[int], list[float]]:
+        """The k most likely tokens, highest first, and their probabilities."""
+        if k <= len(self.top_ids):
+            return self.top_ids[:k], self.top_probs[:k]
+        top_values, top_indices = torch.topk(self.probs, k)  # (k,), (k,)
+        return top_indices.tolist(), top_values.tolist()
+
+    def sampler(self, settings: SamplingSettings) -> Sampler:
+        """The distribution a token is drawn from under `settings` (tokstep's own, from the logits)."""
+        return TensorSampler(self.logits, settings)
 
     def prob(self, token_id: int) -> float:
         """`token_id`'s probability (read from the top tokens when it is the most likely one)."""

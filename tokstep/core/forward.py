@@ -25,14 +25,16 @@ import torch
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache
 
-from tokstep.core.distribution import NextTokenSummary, summarize
+from tokstep.core.distribution import NextTokenSummary, logits_to_probs, summarize
 
 
 @dataclass(frozen=True)
 class ForwardResult:
     """What one sequence gets back from a pass."""
 
-    cache: Cache | None  # its KV cache, now holding every id it sent (None: the model keeps no cache)
+    # Its KV cache, now holding every id it sent (None: the model keeps no cache). A runtime whose
+    # state lives elsewhere (a serving engine) gives an object with the same `crop` verb instead.
+    cache: Cache | None
     summary: NextTokenSummary  # the next token's logits, full softmax, entropy, top tokens
     forward_ms: float  # wall time of the pass it was part of, summaries included
 
@@ -69,6 +71,18 @@ class Forward:
     def prompt_logits(self, ids: Sequence[int]) -> torch.Tensor:
         """The model's logits at every position of `ids`, read with no cache: (T, vocab)."""
         raise NotImplementedError
+
+    def prompt_scores(self, ids: Sequence[int]) -> list[tuple[float, int]]:
+        """For each token of `ids` after the first: the full-vocabulary probability the model gave
+        it after the tokens before it, and its rank (1 + the number of tokens more likely).
+
+        From `prompt_logits` by default; a runtime without the whole distribution (a serving
+        engine) asks for these numbers directly."""
+        probs = logits_to_probs(self.prompt_logits(ids)[:-1])  # (T - 1, vocab): row i predicts ids[i + 1]
+        targets = torch.tensor(list(ids[1:]), device=probs.device)  # (T - 1,)
+        target_probs = probs.gather(1, targets[:, None])  # (T - 1, 1)
+        ranks = (probs > target_probs).sum(dim=1) + 1  # (T - 1,)
+        return list(zip(target_probs[:, 0].tolist(), ranks.tolist(), strict=True))
 
     def prefetch(self, ids: Sequence[int], cache: Cache | None, cached: int, sequence: Hashable) -> PendingPass | None:
         """Queue the pass `forward` would run and return at once, or None when this runtime does

@@ -16,13 +16,21 @@ name or a missing network gives a clear error at once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
 import huggingface_hub
 import torch
 from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from tokstep.core.model import LanguageModel, ModelLoadError
 from tokstep.core.tokens import TokenTexts
@@ -114,6 +122,8 @@ def load(
     device_map: str | None = "auto",
     dtype: torch.dtype | None = None,
     hub_timeout: float = HUB_TIMEOUT_S,
+    engine_url: str | None = None,
+    engine_api_key: str | None = None,
 ) -> LanguageModel:
     """Load a causal LM and its tokenizer by bundled name, local directory or Hub id.
 
@@ -122,10 +132,65 @@ def load(
     it: its passes are direct calls in the caller's thread (`lm.forward`, a DirectForward); a
     server hands it to a runtime of its own (`tokstep.runtimes`).
 
+    With `engine_url` (a vLLM server's OpenAI-compatible API, e.g. "http://127.0.0.1:8000/v1"),
+    only the tokenizer and config are loaded here, no weights, and every pass runs in that engine,
+    which must serve `name` with the same vocabulary (tokstep.runtimes.engine; EngineError if not).
+
     >>> lm = load("tinystories")
     >>> lm.model.training
     False
     """
+    if engine_url is not None:
+        # Imported here: the core knows no HTTP; the engine runtime builds on the loading below.
+        from tokstep.runtimes.engine import EngineRuntime
+
+        return EngineRuntime(engine_url, api_key=engine_api_key).load(name, hub_timeout=hub_timeout)
+    source, local_only = resolve(name, hub_timeout)
+    name = name.strip()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=local_only)
+        model = AutoModelForCausalLM.from_pretrained(
+            source,
+            trust_remote_code=False,
+            local_files_only=local_only,
+            device_map=device_map,
+            dtype=dtype or _default_dtype(device_map),
+        )
+    except Exception as error:
+        raise ModelLoadError(
+            f"Model '{name}' could not be loaded from {source}: {str(error).rstrip('.')}. Check that it is a causal "
+            "language model in Hugging Face format (config.json, weights and tokenizer files)."
+        ) from error
+    return from_objects(name, model, tokenizer)
+
+
+def load_without_weights(name: str, *, hub_timeout: float = HUB_TIMEOUT_S) -> LanguageModel:
+    """The tokenizer and config of a model, and the model built on the meta device: no weights
+    are read and no memory is taken, but its config, vocabulary size, context length and eos ids
+    are there. For a runtime whose passes run elsewhere (a serving engine); `lm.forward` still
+    needs one (the direct call would fail on meta tensors).
+    """
+    source, local_only = resolve(name, hub_timeout)
+    name = name.strip()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=local_only)
+        config = AutoConfig.from_pretrained(source, trust_remote_code=False, local_files_only=local_only)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=False)
+        # No generation_config.json: the one made from the config stays.
+        with contextlib.suppress(OSError):
+            model.generation_config = GenerationConfig.from_pretrained(source, local_files_only=local_only)
+    except Exception as error:
+        raise ModelLoadError(
+            f"Model '{name}' (tokenizer and config) could not be loaded from {source}: {str(error).rstrip('.')}. "
+            "Check that it is a causal language model in Hugging Face format (config.json and tokenizer files)."
+        ) from error
+    return from_objects(name, model, tokenizer)
+
+
+def resolve(name: str, hub_timeout: float = HUB_TIMEOUT_S) -> tuple[str, bool]:
+    """Where `name` loads from (a folder or a Hub id) and whether only local files may be used;
+    ModelLoadError, within `hub_timeout`, for a name that is none of the three kinds."""
     if not isinstance(name, str) or not name.strip():
         raise ModelLoadError("No model name given. Pass a Hub id such as 'gpt2' or a local directory.")
     name = name.strip()
@@ -145,22 +210,7 @@ def load(
     else:
         check_hub(name, timeout=hub_timeout)
         source, local_only = name, False
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False, local_files_only=local_only)
-        model = AutoModelForCausalLM.from_pretrained(
-            source,
-            trust_remote_code=False,
-            local_files_only=local_only,
-            device_map=device_map,
-            dtype=dtype or _default_dtype(device_map),
-        )
-    except Exception as error:
-        raise ModelLoadError(
-            f"Model '{name}' could not be loaded from {source}: {str(error).rstrip('.')}. Check that it is a causal "
-            "language model in Hugging Face format (config.json, weights and tokenizer files)."
-        ) from error
-    return from_objects(name, model, tokenizer)
+    return source, local_only
 
 
 def from_objects(name: str, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> LanguageModel:

@@ -19,17 +19,17 @@ import math
 import operator
 import threading
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 import torch
 from transformers.cache_utils import Cache
 
-from tokstep.core.distribution import NextTokenSummary, logits_to_probs
+from tokstep.core.distribution import Estimate, NextTokenSummary, Sampler, SamplerName
 from tokstep.core.forward import ForwardResult, PendingPass
 from tokstep.core.model import LanguageModel
-from tokstep.core.sampling import SamplingSettings, sample_token, sampling_probs
+from tokstep.core.sampling import SamplingSettings
 from tokstep.core.tokens import tokenize
 
 StopReason = Literal["end_of_text", "max_new_tokens", "context_full"]
@@ -78,6 +78,13 @@ class Step:
     sampling_prob: float | None = None  # the chosen token's probability after temperature and filtering
     sampling_top: list[float] | None = None  # the same for each token of `top`, in its order
     sampling_kept: int | None = None  # how many tokens the filters left to draw from
+    # Whose sampler drew a sampled token and gave the sampling_* numbers: "tokstep" (its own seeded
+    # draw over the full distribution, in process) or "engine" (a serving engine's sampler, seeded
+    # from the same seed and position). None when stepped without sampling settings.
+    sampler: SamplerName | None = None
+    # Which numbers are estimates rather than exact: "entropy" (a serving engine returns only the
+    # top tokens) and "sampling" (the sampler's numbers, when its filters reach past them). Empty in process.
+    estimates: frozenset[Estimate] = frozenset()
 
 
 class TokenScore(NamedTuple):
@@ -118,12 +125,9 @@ def rank_bucket(rank: int) -> RankBucket:
 def top_k(lm: LanguageModel, summary: NextTokenSummary, k: int) -> tuple[list[TokenProb], float]:
     """The k most likely tokens (highest first) and the probability mass outside them.
 
-    From the summary's top tokens when it holds k of them, else from its full softmax."""
-    if k <= len(summary.top_ids):
-        ids, values = summary.top_ids[:k], summary.top_probs[:k]
-    else:
-        top_values, top_indices = torch.topk(summary.probs, k)  # (k,), (k,)
-        ids, values = top_indices.tolist(), top_values.tolist()
+    From the summary's top tokens when it holds k of them, else from its full softmax (or, for a
+    serving engine, another request for more)."""
+    ids, values = summary.top(k)
     top = [TokenProb(token_id, lm.texts.text(token_id), prob) for token_id, prob in zip(ids, values, strict=True)]
     return top, max(0.0, 1.0 - math.fsum(values))
 
@@ -323,9 +327,16 @@ class TokenStepper:
         return self._cache is not None
 
     def next_token_logits(self) -> torch.Tensor:
-        """The model's logits for the next token: (vocab,). Sampling filters start from these."""
+        """The model's logits for the next token: (vocab,). Sampling filters start from these.
+        ValueError on a runtime that returns only the top tokens (a serving engine)."""
         with self._lock:
-            return self._forward_pending().logits
+            return _whole(self._forward_pending().logits, self.lm, "logits")
+
+    def next_sampler(self, sampling: SamplingSettings) -> Sampler:
+        """The distribution the next token would be drawn from under `sampling` (its `prob` of any
+        token; `estimated` when the runtime could only estimate it)."""
+        with self._lock:
+            return self._forward_pending().sampler(sampling)
 
     def prompt_scores(self) -> list[TokenScore]:
         """How likely the model found each prompt token (computed once: the prompt never changes)."""
@@ -334,9 +345,10 @@ class TokenStepper:
         return self._prompt_scores
 
     def next_token_probs(self) -> torch.Tensor:
-        """The model's distribution for the next token: (vocab,), full softmax."""
+        """The model's distribution for the next token: (vocab,), full softmax. ValueError on a
+        runtime that returns only the top tokens (a serving engine): use `next_top`."""
         with self._lock:
-            return self._forward_pending().probs
+            return _whole(self._forward_pending().probs, self.lm, "probabilities")
 
     def next_top(self, k: int = 5) -> tuple[list[TokenProb], float]:
         """The k most likely next tokens and the mass outside them."""
@@ -374,13 +386,14 @@ class TokenStepper:
             summary = self._forward_pending()
             started = time.perf_counter()
             position = len(self.ids)
-            drawn = sampling_probs(summary.logits, sampling) if sampling is not None else None  # (vocab,) or None
+            # tokstep's own sampler over the full distribution, or (a serving engine) the engine's.
+            drawn = summary.sampler(sampling) if sampling is not None else None
             chosen_by: ChosenBy
             if token_id is not None:
-                token_id = check_token_id(token_id, summary.probs.shape[0])
+                token_id = check_token_id(token_id, self.lm.vocab_size)
                 chosen_by = "user"
             elif drawn is not None:
-                token_id = sample_token(drawn, sampling, position)
+                token_id = drawn.draw(position)
                 chosen_by = "sampled"
             else:
                 # argmax of the logits, exactly as greedy search in `generate` picks.
@@ -405,9 +418,11 @@ class TokenStepper:
                 entropy=summary.entropy,
                 elapsed_ms=self._next_forward_ms + (time.perf_counter() - started) * 1000.0,
                 sampling=sampling,
-                sampling_prob=float(drawn[token_id]) if drawn is not None else None,
-                sampling_top=[float(drawn[c.token_id]) for c in top] if drawn is not None else None,
-                sampling_kept=int((drawn > 0).sum()) if drawn is not None else None,
+                sampling_prob=drawn.prob(token_id) if drawn is not None else None,
+                sampling_top=[drawn.prob(c.token_id) for c in top] if drawn is not None else None,
+                sampling_kept=drawn.kept if drawn is not None else None,
+                sampler=drawn.name if drawn is not None else None,
+                estimates=summary.estimates | ({"sampling"} if drawn is not None and drawn.estimated else set()),
             )
             self.ids.append(token_id)
             self.steps.append(step)
@@ -456,6 +471,16 @@ class TokenStepper:
         return True
 
 
+def _whole(values: torch.Tensor | None, lm: LanguageModel, what: str) -> torch.Tensor:
+    """A summary's full (vocab,) tensor, or a ValueError when its runtime has only the top tokens."""
+    if values is None:
+        raise ValueError(
+            f"{lm.name}'s passes run in a serving engine, which returns the most likely tokens, not all "
+            f"{lm.vocab_size:,} {what}: use next_top(k) for the top k."
+        )
+    return values
+
+
 def context_full_message(lm: LanguageModel) -> str:
     return (
         f"The context is full: {lm.name} reads at most {lm.context_length} tokens, "
@@ -476,60 +501,6 @@ def check_prompt_length(lm: LanguageModel, n_tokens: int) -> None:
         )
 
 
-def check_max_new_tokens(max_new_tokens: int) -> int:
-    """`max_new_tokens` as an int >= 0, or a ValueError that says what is wrong."""
-    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be a whole number of 0 or more, got {max_new_tokens!r}.")
-    return max_new_tokens
-
-
-def generate_steps(
-    lm: LanguageModel,
-    prompt: str | Sequence[int],
-    max_new_tokens: int = 20,
-    top_k: int = 5,
-    sampling: SamplingSettings | None = None,
-) -> Iterator[Step]:
-    """Generate one Step per token, with the model's top-k at each step: greedy, or seeded
-    sampling when `sampling` is given.
-
-    Stops on the end-of-text token, after `max_new_tokens`, or when the model's context
-    is full; the last Step's `stop_reason` says which. Greedy is token for token the same
-    as `model.generate(do_sample=False)`; sampling gives the same tokens for the same seed.
-
-    >>> for step in generate_steps(lm, "Once upon a time", max_new_tokens=3):
-    ...     print(step.token, round(step.prob, 3), step.stop_reason)
-    """
-    # Arguments are checked here, at the call, not at the first next().
-    check_max_new_tokens(max_new_tokens)
-    check_top_k(lm, top_k)
-    if sampling is not None and not isinstance(sampling, SamplingSettings):
-        raise TypeError(f"sampling must be a SamplingSettings or None, got {type(sampling).__name__}.")
-    stepper = TokenStepper.from_text(lm, prompt) if isinstance(prompt, str) else TokenStepper(lm, prompt)
-    return run_steps(stepper, max_new_tokens, top_k, sampling)
-
-
-def run_steps(
-    stepper: TokenStepper, max_new_tokens: int, top_k: int, sampling: SamplingSettings | None
-) -> Iterator[Step]:
-    """Step `stepper` up to `max_new_tokens` times, yielding each Step; the last one's `stop_reason`
-    says why the run ended. Each token's successor pass is submitted before the token is
-    handed out (see TokenStepper.prefetch), and withdrawn when the caller stops early."""
-    try:
-        for count in range(1, max_new_tokens + 1):
-            step = stepper.step(top_k, sampling=sampling)
-            if step.stop_reason is None and count == max_new_tokens:
-                step = replace(step, stop_reason="max_new_tokens")
-                stepper.steps[-1] = step  # the stepper's record says why the run ended, too
-            if step.stop_reason is None:
-                stepper.prefetch()  # the next token's pass runs while this one is handed out
-            yield step
-            if step.stop_reason is not None:
-                return
-    finally:
-        stepper.end_run()  # a prefetched pass nobody will read is withdrawn
-
-
 def score_prompt(lm: LanguageModel, ids: Sequence[int]) -> list[TokenScore]:
     """How likely the model found each token of `ids`, given the tokens before it.
 
@@ -546,14 +517,7 @@ def score_prompt(lm: LanguageModel, ids: Sequence[int]) -> list[TokenScore]:
     limit = lm.context_length
     if limit is not None and len(ids) > limit:
         raise PromptError(f"The text is {len(ids)} tokens, but {lm.name} reads at most {limit} tokens at once.")
-    logits = lm.forward.prompt_logits(ids)  # (T, vocab)
-    probs = logits_to_probs(logits[:-1])  # (T - 1, vocab): row i predicts ids[i + 1]
-    targets = torch.tensor(ids[1:], device=probs.device)  # (T - 1,)
-    target_probs = probs.gather(1, targets[:, None])  # (T - 1, 1)
-    ranks = (probs > target_probs).sum(dim=1) + 1  # (T - 1,)
     scores = [TokenScore(0, ids[0], lm.texts.text(ids[0]), None, None)]
-    for position, (token_id, prob, rank) in enumerate(
-        zip(ids[1:], target_probs[:, 0].tolist(), ranks.tolist(), strict=True), start=1
-    ):
+    for position, (token_id, (prob, rank)) in enumerate(zip(ids[1:], lm.forward.prompt_scores(ids), strict=True), 1):
         scores.append(TokenScore(position, token_id, lm.texts.text(token_id), float(prob), int(rank)))
     return scores

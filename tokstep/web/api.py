@@ -1,56 +1,45 @@
-"""The `/generate` endpoint and the checks on what the page and API clients send.
+"""The `/generate` endpoint, and what the page's events and it both need: a model by name, a stepper
+from a typed prompt.
 
-Every check raises `gr.Error` with a message that names the argument and the allowed range,
-which gradio_client shows as an `AppError` and the page shows as a pop-up.
+Every argument is checked with tokstep.web.checks, so a bad one is a gr.Error that names it and
+its range, which gradio_client raises as an `AppError`. Tokens stream from the run loop the page's
+Auto-run uses too (tokstep.core.run_loop), at full speed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gradio as gr
 
 from tokstep.core.model import LanguageModel, ModelLoadError
-from tokstep.core.sampling import SamplingSettings
-from tokstep.core.stepper import PromptError, Step, TokenStepper, run_steps
+from tokstep.core.run_loop import run_steps
+from tokstep.core.sampling import MAX_TEMPERATURE, SamplingSettings
+from tokstep.core.stepper import PromptError, Step, TokenStepper
+from tokstep.runtimes.engine import EngineError
+from tokstep.web.checks import Flag, Number, Whole
+from tokstep.web.constants import MAX_PROMPT_CHARS
 from tokstep.web.model_choice import ModelCache, ModelNotAllowedError
 
-MAX_PROMPT_CHARS = 100_000  # GPT-2's 1024 tokens are about 4,000 characters of English
+__all__ = ["MAX_PROMPT_CHARS", "generate", "generate_on_the_one_model", "generate_updates", "model_or_error"]
+
 MAX_API_TOKENS = 1024  # /generate's limit for a model with no fixed context length
 API_TOP_K = 5
 
+# /generate's arguments by their own names, with the sampler's limits (tokstep.core.sampling).
+SAMPLE = Flag("sample")
+TEMPERATURE = Number("temperature", 0, MAX_TEMPERATURE, above=True)
+TOP_K = Whole("top_k", 0)
+TOP_P = Number("top_p", 0, 1, above=True)
+SEED = Whole("seed", 0)
 
-def whole_number(value: Any, name: str, low: int, high: int) -> int:
-    """`value` as an int in low..high, or a gr.Error that names the argument and the range."""
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise gr.Error(f"{name} must be a whole number from {low} to {high}, got {value!r}.")
-    return value
-
-
-def number(value: Any, name: str, low: float, high: float) -> float:
-    """`value` as a float in low..high, or a gr.Error that names the argument and the range."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise gr.Error(f"{name} must be a number from {low:g} to {high:g}, got {value!r}.")
-    return float(value)
-
-
-def sampling_settings(sample: Any, temperature: Any, top_k: Any, top_p: Any, seed: Any) -> SamplingSettings | None:
-    """SamplingSettings when `sample` is true, None (greedy) otherwise; gr.Error for bad values."""
-    if not isinstance(sample, bool):
-        raise gr.Error(f"sample must be true or false, got {sample!r}.")
-    if not sample:
-        return None
-    if isinstance(top_k, float) and top_k.is_integer():
-        top_k = int(top_k)
-    if isinstance(seed, float) and seed.is_integer():
-        seed = int(seed)
-    try:
-        return SamplingSettings(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
-    except ValueError as error:
-        raise gr.Error(str(error)) from None
+GENERATE_DOC = """Generation streamed one token at a time, greedy unless `sample` is true (then seeded: the
+same seed and settings give the same tokens). Each update is {text, token_id, token, prob, top: [[token_id,
+token, prob], ...], rest_prob, position, chosen_by, rank, entropy, sampling_prob, stop_reason, sampler,
+estimates}; probabilities are always the model's own, and `estimates` names any number that is estimated
+(on a serving engine: "entropy", and "sampling" when the sampler's numbers are)."""
+MODEL_ARGUMENT_DOC = """ `model` is one of the models the page offers ("" = the default); another name is refused."""
 
 
 def model_or_error(models: ModelCache, name: Any) -> LanguageModel:
@@ -83,6 +72,19 @@ def new_stepper(lm: LanguageModel, prompt: Any) -> TokenStepper:
     return TokenStepper.from_text(lm, prompt)
 
 
+class EngineAppError(EngineError, gr.Error):
+    """An EngineError that Gradio shows as it is: a pop-up titled "Serving engine" on the page, an
+    AppError with the message in gradio_client. The app's engine runtime raises these
+    (`EngineRuntime(url, error_type=EngineAppError)`), so a failure anywhere in an event, a Step
+    or an Auto-run, reaches the visitor as one readable sentence; the page keeps its tokens."""
+
+    def __init__(self, message: str) -> None:
+        gr.Error.__init__(self, message, title=EngineError.title, print_exception=False)
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def step_update(stepper: TokenStepper, step: Step) -> dict:
     """One streamed /generate update: plain JSON types only."""
     return {
@@ -98,7 +100,21 @@ def step_update(stepper: TokenStepper, step: Step) -> dict:
         "entropy": step.entropy,
         "sampling_prob": step.sampling_prob,
         "stop_reason": step.stop_reason,
+        # Whose sampler drew the token ("tokstep" in process, "engine" on a serving engine), and
+        # which numbers are estimates ("entropy", "sampling"; empty in process).
+        "sampler": step.sampler,
+        "estimates": sorted(step.estimates),
     }
+
+
+def api_sampling(sample: Any, temperature: Any, top_k: Any, top_p: Any, seed: Any) -> SamplingSettings | None:
+    """SamplingSettings when `sample` is true, None (greedy) otherwise; the sampling arguments are
+    only read, and checked, when it is."""
+    if not SAMPLE(sample):
+        return None
+    return SamplingSettings(
+        temperature=TEMPERATURE(temperature), top_k=TOP_K(top_k), top_p=TOP_P(top_p), seed=SEED(seed)
+    )
 
 
 def generate_updates(
@@ -112,12 +128,50 @@ def generate_updates(
     seed: Any = 0,
 ) -> Iterator[dict]:
     """The /generate endpoint: one JSON object per token, at full speed (no pacing)."""
-    max_new_tokens = whole_number(max_new_tokens, "max_new_tokens", 1, lm.context_length or MAX_API_TOKENS)
-    sampling = sampling_settings(sample, temperature, top_k, top_p, seed)
+    max_new_tokens = Whole("max_new_tokens", 1, lm.context_length or MAX_API_TOKENS)(max_new_tokens)
+    sampling = api_sampling(sample, temperature, top_k, top_p, seed)
     try:
         stepper = new_stepper(lm, prompt)
     except PromptError as error:
         raise gr.Error(str(error)) from None
-    # The engine's own run: the next token's pass joins the next batch while Gradio sends this one.
-    for step in run_steps(stepper, max_new_tokens, API_TOP_K, sampling):
-        yield step_update(stepper, step)
+    # The run loop queues the next token's pass before each token goes out, so it joins the next
+    # batch while Gradio sends this one; a client that goes away closes the run (and that pass).
+    try:
+        for step in run_steps(stepper, max_new_tokens, API_TOP_K, sampling):
+            yield step_update(stepper, step)
+    except EngineError as error:  # the client has every token so far; a new request starts over
+        raise gr.Error(str(error), title=error.title, print_exception=False) from None
+
+
+# The two forms of /generate, bound to the page's `lm_for` (tokstep.web.bind) and given to gr.api,
+# which takes the schema from their signatures and the API page's description from their docstrings.
+# A page without a model list keeps /generate's arguments exactly as they were: there is no model to name.
+def generate(
+    lm_for: Callable[[str], LanguageModel],
+    prompt: str,
+    max_new_tokens: int = 20,
+    sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    model: str = "",
+) -> Iterator[dict]:
+    yield from generate_updates(lm_for(model), prompt, max_new_tokens, sample, temperature, top_k, top_p, seed)
+
+
+def generate_on_the_one_model(
+    lm_for: Callable[[str], LanguageModel],
+    prompt: str,
+    max_new_tokens: int = 20,
+    sample: bool = False,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    seed: int = 0,
+) -> Iterator[dict]:
+    yield from generate(lm_for, prompt, max_new_tokens, sample, temperature, top_k, top_p, seed)
+
+
+generate.__doc__ = GENERATE_DOC + MODEL_ARGUMENT_DOC
+generate_on_the_one_model.__doc__ = GENERATE_DOC

@@ -20,7 +20,7 @@ from tokstep.core.loading import load
 from tokstep.core.model import LanguageModel, ModelLoadError
 
 # Offered next to the app's own model when the operator does not set TOKSTEP_MODELS.
-DEFAULT_CHOICES = ("gpt2", "distilgpt2", "tinystories")
+DEFAULT_CHOICES = ("gpt2", "distilgpt2", "tinystories", "tinystories-chat")
 
 
 class ModelNotAllowedError(ModelLoadError):

@@ -1,20 +1,19 @@
 """Turning the engine's state into what the page's components show. No callbacks here.
 
-`render(stepper, settings, note)` returns the values of the page's outputs, in the order
-of `VIEW_OUTPUTS`: the per-user state, the token chips, the top-k label, the status text,
-the two tables of the notebook, and the text so far.
+`render(stepper, settings, note)` returns a `PageView`: the values of the page's view outputs, by
+name and in the order of `VIEW_OUTPUTS` (the per-user state, the token chips, the top-k label, the
+status text, the two tables of the notebook, and the text so far). `PageUI.show` in
+tokstep.web.page_layout turns it into an update keyed by component.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import gradio as gr
 
-from tokstep.core.sampling import SamplingSettings, sampling_probs
 from tokstep.core.stepper import (
     STOP_REASON_TEXT,
     Step,
@@ -24,11 +23,28 @@ from tokstep.core.stepper import (
     rank_bucket,
 )
 from tokstep.core.tokens import visible_whitespace
+from tokstep.runtimes.engine import EngineError
 from tokstep.web.assets import PROMPT_COLOR, RANK_COLORS
+from tokstep.web.settings import PageSettings
 
-VIEW_OUTPUTS = ("state", "tokens", "topk", "status", "token_table", "topk_table", "text")
+
+class PageView(NamedTuple):
+    """What the page shows for one state: a value for each of its view outputs."""
+
+    state: TokenStepper | None  # the per-user gr.State
+    tokens: dict[str, Any]  # the token chips' update
+    topk: dict[str, float]  # the top-k label: {label key: probability}
+    status: str
+    token_table: dict[str, list]
+    topk_table: dict[str, list]
+    text: str
+
+
+VIEW_OUTPUTS = PageView._fields  # the view outputs' names, in their order
 TOKEN_TABLE_HEADERS = ["position", "id", "token", "from"]
 TOPK_TABLE_HEADERS = ["id", "token", "p"]
+# After an estimated number ("≈"): what it was estimated from.
+ESTIMATE_NOTE = "estimated from the serving engine's top tokens"
 
 # How a generated token's chip says how it was chosen (besides its colour, which gives its rank).
 CHOSEN_MARK = {"greedy": "", "user": " picked", "sampled": " sampled"}
@@ -43,15 +59,6 @@ LEGEND = (
     f'<span class="chip" style="background:{RANK_COLORS["beyond"]}">beyond 100</span> · '
     "<em>picked</em>: chosen by you from the top-k · <em>sampled</em>: drawn at random"
 )
-
-
-@dataclass(frozen=True)
-class ViewSettings:
-    """What the user set on the page besides the prompt."""
-
-    top_k: int = 5  # how many candidates the label and table show
-    sampling: SamplingSettings | None = None  # None: greedy stepping
-    score_prompt: bool = False  # colour prompt tokens by how likely the model found them
 
 
 def inline_code(text: str) -> str:
@@ -115,15 +122,24 @@ def token_chips(stepper: TokenStepper | None, score_prompt: bool) -> dict[str, A
 def step_note(step: Step) -> str:
     """The numbers a learner asks about, for the token just appended."""
     how = {"greedy": "the most likely", "user": "picked by you", "sampled": "sampled"}[step.chosen_by]
+    if step.chosen_by == "sampled" and step.sampler == "engine":
+        how = "sampled by the serving engine's sampler"
+    # An estimate says so: "≈", and what it was estimated from (a serving engine's top tokens).
+    entropy = f"entropy {'≈ ' if 'entropy' in step.estimates else ''}{step.entropy:.2f} bits"
+    if "entropy" in step.estimates:
+        entropy += f" ({ESTIMATE_NOTE})"
     note = (
         f"Appended {inline_code(visible_whitespace(step.token))} (id {step.token_id}, {how}): "
-        f"p = {step.prob:.4f}, rank {step.rank:,} · entropy {step.entropy:.2f} bits · "
+        f"p = {step.prob:.4f}, rank {step.rank:,} · {entropy} · "
         f"outside the top {len(step.top)}: {step.rest_prob:.1%}"
     )
     if step.elapsed_ms > 0:
         note += f" · {step.elapsed_ms:.1f} ms for this step ({1000 / step.elapsed_ms:,.0f} tokens/s)"
     if step.sampling_prob is not None:
-        note += f" · p after the sampling settings: {step.sampling_prob:.4f}"
+        approx = "≈ " if "sampling" in step.estimates else ""
+        note += f" · p after the sampling settings: {approx}{step.sampling_prob:.4f}"
+        if approx:
+            note += f" ({ESTIMATE_NOTE})"
     note += "."
     if step.stop_reason is not None:
         note += f" **Stopped:** {STOP_REASON_TEXT[step.stop_reason]}."
@@ -131,20 +147,21 @@ def step_note(step: Step) -> str:
 
 
 def _next_candidates(
-    stepper: TokenStepper, settings: ViewSettings
-) -> tuple[list[TokenProb], float, list[float] | None]:
-    """The top-k next tokens, the mass outside them, and (sampling) each one's sampler probability."""
+    stepper: TokenStepper, settings: PageSettings
+) -> tuple[list[TokenProb], float, list[float] | None, bool]:
+    """The top-k next tokens, the mass outside them, (sampling) each one's sampler probability, and
+    whether those are estimates."""
     top, rest = stepper.next_top(settings.top_k)
     if settings.sampling is None:
-        return top, rest, None
-    drawn = sampling_probs(stepper.next_token_logits(), settings.sampling)  # (vocab,)
-    return top, rest, [float(drawn[c.token_id]) for c in top]
+        return top, rest, None, False
+    drawn = stepper.next_sampler(settings.sampling)  # tokstep's over the full distribution, or an engine's
+    return top, rest, [drawn.prob(c.token_id) for c in top], drawn.estimated
 
 
-def render(stepper: TokenStepper | None, settings: ViewSettings, note: str = "") -> tuple[Any, ...]:
-    """Component values for one state, in the order of VIEW_OUTPUTS."""
+def render(stepper: TokenStepper | None, settings: PageSettings, note: str = "") -> PageView:
+    """What the page shows for `stepper` (None: no sequence, e.g. a prompt it could not take)."""
     if stepper is None:
-        return (None, token_chips(None, False), {}, note, [], [], "")
+        return PageView(None, token_chips(None, False), {}, note, [], [], "")
     lm = stepper.lm
     token_rows = [
         [
@@ -162,10 +179,18 @@ def render(stepper: TokenStepper | None, settings: ViewSettings, note: str = "")
     ]
     top: list[TokenProb] = []
     sampler: list[float] | None = None
+    estimated = False
     if stepper.room_left is not None and stepper.room_left <= 0:
         lines.append(context_full_message(lm))
     else:
-        top, rest, sampler = _next_candidates(stepper, settings)
+        try:
+            top, rest, sampler, estimated = _next_candidates(stepper, settings)
+        except EngineError as error:
+            # The serving engine failed on the next token's distribution: the tokens so far are
+            # all here, and the next Step asks again.
+            top, rest, sampler = [], 1.0, None
+            lines.append(f"⚠️ **{error.title}:** {error}")
+    if top:
         best = top[0]
         lines.append(
             f"Most likely next token: {inline_code(visible_whitespace(best.token))} (id {best.token_id}) "
@@ -173,12 +198,13 @@ def render(stepper: TokenStepper | None, settings: ViewSettings, note: str = "")
         )
     if note:
         lines.append(note)
-    headers = TOPK_TABLE_HEADERS + (["p after sampling settings"] if sampler is not None else [])
+    sampler_header = "p after sampling settings" + (f" (≈, {ESTIMATE_NOTE})" if estimated else "")
+    headers = TOPK_TABLE_HEADERS + ([sampler_header] if sampler is not None else [])
     rows = [
         [c.token_id, visible_whitespace(c.token), round(c.prob, 6)] + ([round(sampler[i], 6)] if sampler else [])
         for i, c in enumerate(top)
     ]
-    return (
+    return PageView(
         stepper,
         token_chips(stepper, settings.score_prompt),
         {label_key(c.token_id, c.token): c.prob for c in top},

@@ -1,0 +1,27 @@
+"""`PageContext`: what the page's events share besides their inputs (the models on offer, and the
+folder exports go to). One per page, made by `create_demo` and bound to every handler."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from tokstep.core.model import LanguageModel
+from tokstep.web.api import model_or_error
+from tokstep.web.model_choice import ModelCache
+
+
+@dataclass(frozen=True)
+class PageContext:
+    models: ModelCache  # the allowlist, and the models loaded so far
+    # Whether the page was given a model list: then a run file switches to its own model (or is refused).
+    offers_choice: bool
+    export_folder: Path  # where "Export run" writes its files
+
+    @property
+    def default_model(self) -> str:
+        return self.models.default
+
+    def lm_for(self, name: object) -> LanguageModel:
+        """The loaded model `name` names (gr.Error when it is not offered or fails to load)."""
+        return model_or_error(self.models, name)

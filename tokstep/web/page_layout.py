@@ -1,0 +1,245 @@
+"""The page's components, section by section, and `PageUI`: all of them in one object.
+
+Each function builds one section inside the current `gr.Blocks`, top to bottom as the page shows
+them, and returns its components; `PageUI` holds every section and is what the handlers
+(tokstep.web.page_handlers, tokstep.web.share_handlers) are given. No events are wired here.
+
+Creation order is part of the API: Gradio gives API clients an event's set of inputs in the order
+the components were created. So the session's state comes first (the raw queue protocol sends it
+first, as bench.classroom does), and the settings controls are created in the order of
+tokstep.web.settings.PAGE_CONTROLS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import gradio as gr
+from gradio.components import Component
+
+from tokstep.web.constants import (
+    DEFAULT_AUTORUN_TOKENS,
+    DEFAULT_SPEED,
+    DEFAULT_TOP_K,
+    GREEDY,
+    MAX_AUTORUN_TOKENS,
+    MAX_SPEED,
+    MAX_TOP_K,
+    MIN_SPEED,
+    SAMPLE,
+    SAMPLE_TOP_K_MAX,
+    SPEED_STEP,
+    STATE_TTL_S,
+    TEMPERATURE_RANGE,
+    TOP_P_MIN,
+)
+from tokstep.web.views import LEGEND, TOKEN_TABLE_HEADERS, TOPK_TABLE_HEADERS, PageView
+
+TITLE = (
+    "# tokstep: watch a language model write, one token at a time\n"
+    "Type a prompt, see its tokens and the model's most likely next "
+    "tokens, then press **Step** (or Ctrl+Enter) to append the most likely one, click a "
+    "candidate to take it instead, or **Auto-run** to keep going."
+)
+
+
+@dataclass(frozen=True)
+class Session:
+    """What the server keeps for each tab."""
+
+    state: gr.State  # the tab's TokenStepper (None until the first event, or after it expired)
+    # The tab's model name, read by every event. No time to live: it is a short string, and a page
+    # that lost it would quietly fall back to the default model.
+    model_choice: gr.State
+
+
+@dataclass(frozen=True)
+class Controls:
+    """The model, the prompt, the buttons and Auto-run's row."""
+
+    model: gr.Dropdown
+    prompt: gr.Textbox
+    step: gr.Button
+    autorun: gr.Button
+    stop: gr.Button
+    undo: gr.Button
+    reset: gr.Button
+    autorun_tokens: gr.Slider
+    speed: gr.Slider
+
+
+@dataclass(frozen=True)
+class TokenView:
+    """The tokens, the top-k candidates, the status line and the text so far."""
+
+    tokens: gr.HighlightedText
+    topk: gr.Label
+    status: gr.Markdown
+    text: gr.Textbox
+
+
+@dataclass(frozen=True)
+class ShareRow:
+    """Copy link, export and load a run."""
+
+    copy_link: gr.Button
+    export: gr.Button
+    load: gr.UploadButton
+    link: gr.Textbox
+    export_file: gr.File
+
+
+@dataclass(frozen=True)
+class SettingsControls:
+    """The "Choosing" accordion: greedy or sampling, the top-k size, colouring the prompt."""
+
+    mode: gr.Radio
+    top_k_size: gr.Slider
+    temperature: gr.Slider
+    sample_top_k: gr.Slider
+    top_p: gr.Slider
+    seed: gr.Number
+    score_prompt: gr.Checkbox
+
+    @property
+    def all(self) -> list[Component]:
+        """Every settings control, in the order of tokstep.web.settings.PAGE_CONTROLS (the fields' order)."""
+        return [getattr(self, control.name) for control in fields(self)]
+
+    @property
+    def sampling(self) -> list[Component]:
+        """The controls a link or a run file sets: mode, temperature, sample top-k, top-p, seed."""
+        return [self.mode, self.temperature, self.sample_top_k, self.top_p, self.seed]
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The notebook's two tables."""
+
+    tokens: gr.Dataframe
+    topk: gr.Dataframe
+
+
+@dataclass(frozen=True)
+class PageUI:
+    """Every component an event of the page reads or writes, by section."""
+
+    session: Session
+    controls: Controls
+    view: TokenView
+    share: ShareRow
+    settings: SettingsControls
+    tables: Tables
+
+    @property
+    def view_outputs(self) -> list[Component]:
+        """The outputs a `PageView` fills, in the order of tokstep.web.views.VIEW_OUTPUTS."""
+        view, tables = self.view, self.tables
+        return [self.session.state, view.tokens, view.topk, view.status, tables.tokens, tables.topk, view.text]
+
+    def show(self, shown: PageView) -> dict[Component, Any]:
+        """An event's update for `shown`: every view output's new value."""
+        return dict(zip(self.view_outputs, shown, strict=True))
+
+
+def session_state(default_model: str) -> Session:
+    return Session(state=gr.State(None, time_to_live=STATE_TTL_S), model_choice=gr.State(default_model))
+
+
+def header(notice: str | None, models: Sequence[str], default_model: str) -> gr.Dropdown:
+    """The title, a notice when there is one (e.g. why a fallback model runs), and the model dropdown."""
+    gr.Markdown(TITLE)
+    if notice:
+        gr.Markdown(f"⚠️ {notice}", elem_id="notice")
+    return gr.Dropdown(
+        choices=list(models), value=default_model, label="Model", elem_id="model",
+        interactive=len(models) > 1, allow_custom_value=False,
+        info="Another model loads when first chosen, then the page starts over from the prompt.",
+    )  # fmt: skip
+
+
+def controls(model: gr.Dropdown, prompt: str) -> Controls:
+    """The prompt box, the buttons, and how many tokens Auto-run writes at what speed."""
+    prompt_box = gr.Textbox(value=prompt, label="Prompt", lines=2, max_lines=8, elem_id="prompt")
+    with gr.Row():
+        step = gr.Button("Step", variant="primary", elem_id="step")
+        autorun = gr.Button("Auto-run", variant="secondary", elem_id="autorun")
+        stop = gr.Button("Stop", variant="stop", elem_id="stop")
+        undo = gr.Button("Undo", elem_id="undo")
+        reset = gr.Button("Reset", elem_id="reset")
+    with gr.Row():
+        autorun_tokens = gr.Slider(
+            1, MAX_AUTORUN_TOKENS, value=DEFAULT_AUTORUN_TOKENS, step=1,
+            label="Tokens to auto-run", elem_id="autorun-tokens",
+        )  # fmt: skip
+        speed = gr.Slider(
+            MIN_SPEED, MAX_SPEED, value=DEFAULT_SPEED, step=SPEED_STEP, label="Speed (tokens per second)",
+            elem_id="speed",
+        )  # fmt: skip
+    return Controls(model, prompt_box, step, autorun, stop, undo, reset, autorun_tokens, speed)
+
+
+def token_view() -> TokenView:
+    """The tokens with their ids (and the legend of their colours), the top-k, the status, the text."""
+    tokens = gr.HighlightedText(
+        label="Tokens, each with its id", elem_id="tokens", show_legend=False,
+        combine_adjacent=False, show_inline_category=True,
+    )  # fmt: skip
+    gr.HTML(LEGEND, elem_id="legend")
+    topk = gr.Label(label="Next token: the model's top candidates (click one to take it)", elem_id="topk")
+    status = gr.Markdown(elem_id="status")
+    text = gr.Textbox(label="Text so far", interactive=False, lines=3, elem_id="text")
+    return TokenView(tokens, topk, status, text)
+
+
+def share_row() -> ShareRow:
+    """Copy link, Export run and Load a run, with the link and the file they give."""
+    with gr.Row(elem_id="share"):
+        copy_link = gr.Button("Copy link", elem_id="copy-link")
+        export = gr.Button("Export run (JSON)", elem_id="export")
+        load = gr.UploadButton(
+            "Load a run", elem_id="import", file_types=[".json"], type="filepath", file_count="single"
+        )
+    with gr.Row():
+        link = gr.Textbox(
+            label="Link to this state (prompt, tokens so far, settings)", interactive=False,
+            buttons=["copy"], elem_id="link",
+        )  # fmt: skip
+        export_file = gr.File(label="Run file", interactive=False, elem_id="export-file")
+    return ShareRow(copy_link, export, load, link, export_file)
+
+
+def settings_accordion() -> SettingsControls:
+    """How Step and Auto-run choose (greedy or seeded sampling), the top-k size, colouring the prompt."""
+    with gr.Accordion("Choosing: greedy or sampling, top-k size", open=False, elem_id="choosing"):
+        with gr.Row():
+            mode = gr.Radio([GREEDY, SAMPLE], value=GREEDY, label="How Step and Auto-run choose", elem_id="mode")
+            top_k_size = gr.Slider(
+                1, MAX_TOP_K, value=DEFAULT_TOP_K, step=1, label="Top-k size (candidates shown)",
+                elem_id="topk-size",
+            )  # fmt: skip
+        with gr.Row():
+            temperature = gr.Slider(
+                *TEMPERATURE_RANGE, value=1.0, step=0.05, label="Temperature", elem_id="temperature"
+            )
+            sample_top_k = gr.Slider(
+                0, SAMPLE_TOP_K_MAX, value=0, step=1, label="Sample from top k (0 = all)", elem_id="top-k"
+            )
+            top_p = gr.Slider(TOP_P_MIN, 1.0, value=1.0, step=0.05, label="Top-p (1 = all)", elem_id="top-p")
+            seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="seed")
+        score_prompt = gr.Checkbox(
+            label="Colour prompt tokens by how likely the model found them", elem_id="score-prompt"
+        )
+    return SettingsControls(mode, top_k_size, temperature, sample_top_k, top_p, seed, score_prompt)
+
+
+def notebook_tables() -> Tables:
+    """The seed notebook's tables: the tokens with their ids, and the top-k with id, token and p."""
+    with gr.Accordion("The notebook's tables", open=False, elem_id="tables"):
+        tokens = gr.Dataframe(headers=TOKEN_TABLE_HEADERS, label="Tokens", interactive=False, elem_id="token-table")
+        topk = gr.Dataframe(
+            headers=TOPK_TABLE_HEADERS, label="Top next tokens", interactive=False, elem_id="topk-table"
+        )
+    return Tables(tokens, topk)
