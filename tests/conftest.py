@@ -138,6 +138,14 @@ def wait_for_count(page, count: int, timeout: float = 15) -> list[str]:
     raise AssertionError(f"expected {count} tokens on the page, saw {token_labels(page)}")
 
 
+def open_save_share(page) -> None:
+    """Open the page's collapsed "Save and share" accordion (Copy link, export, load a run) when it is
+    closed. `page` is a tab or a frame."""
+    if not page.locator("#copy-link").is_visible():
+        page.locator("#save-share").get_by_text("Save and share").first.click()
+    page.locator("#copy-link").wait_for(state="visible", timeout=30_000)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -27,16 +27,24 @@ def test_step_autorun_stop_reset_in_a_real_browser(page, tiny_lm):
     )
     page.screenshot(path=str(SCREENSHOTS / "after-step.png"), full_page=True)
 
-    # Auto-run at the default pace: tokens appear one by one.
+    # Auto-run at the default pace: tokens appear one by one. The page itself records the number of
+    # tokens after every change of the chips (a MutationObserver runs after each update the page
+    # applies), so a busy machine that is slow to poll cannot merge two updates into one.
+    page.evaluate(
+        """() => {
+          window.tokenCounts = [];
+          const count = () => document.querySelectorAll("#tokens .token .label").length;
+          new MutationObserver(() => {
+            const n = count();
+            if (window.tokenCounts.at(-1) !== n) { window.tokenCounts.push(n); }
+          }).observe(document.querySelector("#tokens"), {childList: true, subtree: true, characterData: true});
+          window.tokenCounts.push(count());
+        }"""
+    )
     page.click("#autorun")
-    seen: list[int] = []
-    deadline = time.monotonic() + 4
-    while time.monotonic() < deadline:
-        count = len(token_labels(page))
-        if not seen or count != seen[-1]:
-            seen.append(count)
-        time.sleep(0.03)
+    time.sleep(4)
     page.click("#stop")
+    seen: list[int] = page.evaluate("() => window.tokenCounts")
     intermediate = [c for c in seen if len(prompt_ids) + 1 < c]
     assert len(intermediate) >= 3, f"expected tokens to arrive one at a time, saw counts {seen}"
     assert all(b == a + 1 for a, b in zip(seen, seen[1:], strict=False)), f"one token per update: {seen}"

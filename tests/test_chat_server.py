@@ -135,8 +135,10 @@ def test_step_and_undo_before_any_message_say_what_to_do(client):
 def test_a_model_without_a_chat_template_says_so_and_keeps_the_chat(client, chat_lm):  # noqa: F811
     view = client.predict("plain-model", *SETTINGS, api_name="/chat_view")
     assert "This model has no chat template: choose a chat model" in view[STATUS]
-    with pytest.raises(AppError, match="no chat template"):
-        client.predict("plain-model", MESSAGE, *SETTINGS, api_name="/chat_send")
+    # Send says so in one titled pop-up (a warning, not an error) and changes nothing.
+    before = client.predict("plain-model", *SETTINGS, api_name="/chat_view")
+    sent = client.predict("plain-model", MESSAGE, *SETTINGS, api_name="/chat_send")
+    assert bot_messages(sent) == bot_messages(before) and "no chat template" in sent[STATUS]
     for event in ("/chat_step", "/chat_undo"):
         assert "no chat template" in client.predict("plain-model", *SETTINGS, api_name=event)[STATUS].lower()
     # Back on the chat model, a chat written there keeps its text across a switch.

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from urllib.parse import quote
 
 import pytest
-from conftest import SCREENSHOTS, serving, token_labels, wait_for_count
+from conftest import SCREENSHOTS, open_save_share, serving, token_labels, wait_for_count
 from test_teachers_browser import labels_of, open_page
 
 pytest_plugins = ["model_choice_support"]
@@ -113,6 +113,7 @@ def test_a_model_link_opens_on_that_model_and_copy_link_keeps_it(tab, browser, c
     tab.click("#step")  # the session runs the link's model
     assert wait_for_count(tab, len(expected) + 1) == labels_of(other_lm, PROMPT, 4)
 
+    open_save_share(tab)
     tab.click("#copy-link")
     tab.wait_for_function("document.querySelector('#link textarea').value.startsWith('http')")
     link = tab.locator("#link textarea").input_value()

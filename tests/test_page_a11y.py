@@ -78,7 +78,7 @@ def test_every_main_control_is_reachable_and_usable_by_keyboard(page):
     n_prompt = len(token_labels(page))
     page.locator("#prompt textarea").focus()
     reached = []
-    for _ in range(12):
+    for _ in range(30):  # past the buttons, the top-k's candidates and the mode, to the sliders
         page.keyboard.press("Tab")
         reached.append(page.evaluate("document.activeElement.getAttribute('aria-label') || document.activeElement.id"))
     for element_id in ["step", "autorun", "stop", "undo", "reset"]:
@@ -120,6 +120,9 @@ def test_text_contrast_meets_wcag_aa_in_both_themes(browser, server_url, theme):
             "#stop",
             "#undo",
             "#reset",
+            "#continue",
+            "#legend",  # the legend's own words, around its chips
+            "#topk .confidence",  # the candidates' percentages
         ]:
             ratio = contrast(page, selector)
             assert ratio >= 4.5, f"{selector} has contrast {ratio:.2f} in the {theme} theme"

@@ -11,8 +11,8 @@ import pytest
 from conftest import ROOT, SCREENSHOTS, token_labels, wait_for_count
 
 SHOTS = {
-    "screenshot.png": {"viewport": {"width": 1100, "height": 900}, "color_scheme": "light"},
-    "screenshot-dark.png": {"viewport": {"width": 1100, "height": 900}, "color_scheme": "dark"},
+    "screenshot.png": {"viewport": {"width": 1280, "height": 800}, "color_scheme": "light"},
+    "screenshot-dark.png": {"viewport": {"width": 1280, "height": 800}, "color_scheme": "dark"},
     "screenshot-phone.png": {"viewport": {"width": 390, "height": 844}, "color_scheme": "light", "is_mobile": True},
 }
 

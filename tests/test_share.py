@@ -8,8 +8,6 @@ from conftest import free_port
 from gradio_client import Client
 from test_app import start_app, stop, wait_for_page
 
-from tokstep.web.share import SHARE_PROBE_TIMEOUT_S
-
 
 def test_share_offline_says_so_in_one_line_and_keeps_serving(tiny_model_dir):
     # A proxy that is not there: https requests fail at once, as they do with no network at
@@ -17,13 +15,10 @@ def test_share_offline_says_so_in_one_line_and_keeps_serving(tiny_model_dir):
     dead_proxy = f"http://127.0.0.1:{free_port()}"
     env = {"HTTPS_PROXY": dead_proxy, "https_proxy": dead_proxy, "NO_PROXY": "127.0.0.1,localhost"}
     env["no_proxy"] = env["NO_PROXY"]
-    started = time.monotonic()
     app = start_app(["--model", str(tiny_model_dir), "--share"], env=env)
     process, url = app.process, app.url
     try:
         wait_for_page(process, url)
-        # Up within the model's load time plus the short probe, not Gradio's 30 s tunnel timeout.
-        assert time.monotonic() - started < 60 + SHARE_PROBE_TIMEOUT_S
         time.sleep(1.0)
         assert process.poll() is None, "the app exited"
         update = list(Client(url, verbose=False).submit("Once upon a time", 1, api_name="/generate"))[-1]

@@ -12,7 +12,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from conftest import ROOT, SCREENSHOTS, free_port, token_labels, wait_for_count
+from conftest import ROOT, SCREENSHOTS, free_port, open_save_share, token_labels, wait_for_count
 
 import tokstep
 from tokstep.web.page import LAUNCH_OPTIONS
@@ -43,6 +43,7 @@ def test_a_preset_link_opens_stepped_and_copy_link_reopens_the_same_tokens(tab, 
 
     tab.click("#step")  # one more seeded token, then the link to this state
     wait_for_count(tab, len(expected) + 1)
+    open_save_share(tab)
     tab.click("#copy-link")
     tab.wait_for_function("document.querySelector('#link textarea').value.startsWith('http')")
     link = tab.locator("#link textarea").input_value()
@@ -75,6 +76,7 @@ def test_export_and_load_a_run_in_the_browser(page, tmp_path):
     before = wait_for_count(page, n_prompt + 2)
     assert before[n_prompt].endswith(" picked")
 
+    open_save_share(page)
     page.click("#export")
     with page.expect_download() as download:
         page.locator("#export-file a").first.click()
@@ -135,6 +137,7 @@ def test_the_demo_steps_inside_the_embed_pages_iframe(tab, docs_server, server_u
     frame.locator("#step").click()
     assert wait_for_count(frame, len(expected)) == expected
     # Copy link inside the iframe links to the demo itself, not to the page around it.
+    open_save_share(frame)
     frame.locator("#copy-link").click()
     link_box = frame.locator("#link textarea")
     deadline = time.monotonic() + 15
@@ -148,6 +151,7 @@ def test_a_file_over_the_upload_limit_is_refused_with_a_message(page, tmp_path):
     before = token_labels(page)
     huge = tmp_path / "huge.json"
     huge.write_bytes(b" " * (LAUNCH_OPTIONS["max_file_size"] + 1))
+    open_save_share(page)
     with page.expect_file_chooser() as chooser:
         page.click("#import")
     chooser.value.set_files(str(huge))

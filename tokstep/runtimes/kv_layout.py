@@ -76,7 +76,6 @@ def chunks(requests: list[PendingPass], max_tokens: int) -> list[list[PendingPas
     return groups
 
 
-
 class BatchLayout:
     """Runs one model's passes over one or many sequences, and remembers how the last batch was
     laid out (row and first position of each sequence: ints only) so the next can reuse it."""
@@ -304,7 +303,6 @@ class BatchLayout:
                 for layer, (keys, values) in zip(own.layers, row_layers, strict=True):
                     layer.keys, layer.values = keys, values
             request.result = ForwardResult(own, summaries[row], forward_ms)
-
 
 
 def _cache_of(layers: Sequence[tuple[torch.Tensor, ...]]) -> DynamicCache:

@@ -18,7 +18,7 @@ from tokstep.core.run_loop import run_steps
 from tokstep.core.sampling import MAX_TEMPERATURE, SamplingSettings
 from tokstep.core.stepper import PromptError, Step, TokenStepper
 from tokstep.runtimes.engine import EngineError
-from tokstep.web.checks import Flag, Number, Whole
+from tokstep.web.checks import Flag, Number, Whole, user_error
 from tokstep.web.constants import MAX_PROMPT_CHARS
 from tokstep.web.model_choice import ModelCache, ModelNotAllowedError
 
@@ -49,13 +49,13 @@ def model_or_error(models: ModelCache, name: Any) -> LanguageModel:
     fails to load; the message names the allowed models or says why loading failed.
     """
     if not isinstance(name, str):
-        raise gr.Error(f"model must be the name of a model, got {type(name).__name__}.")
+        raise user_error(f"model must be the name of a model, got {type(name).__name__}.", title="Bad setting")
     try:
         return models.get(name.strip() or models.default)
     except ModelNotAllowedError as error:
-        raise gr.Error(str(error), title="Model not offered") from None
+        raise user_error(str(error), title="Model not offered") from None
     except ModelLoadError as error:
-        raise gr.Error(str(error), title="Cannot load the model") from None
+        raise user_error(str(error), title="Cannot load the model") from None
 
 
 def new_stepper(lm: LanguageModel, prompt: Any) -> TokenStepper:
@@ -133,7 +133,7 @@ def generate_updates(
     try:
         stepper = new_stepper(lm, prompt)
     except PromptError as error:
-        raise gr.Error(str(error)) from None
+        raise user_error(str(error), title="Cannot generate") from None
     # The run loop queues the next token's pass before each token goes out, so it joins the next
     # batch while Gradio sends this one; a client that goes away closes the run (and that pass).
     try:

@@ -22,6 +22,7 @@ from tokstep.core.run_loop import run_steps
 from tokstep.core.tokens import visible_whitespace
 from tokstep.web.chat_layout import ChatUI
 from tokstep.web.chat_view import chat_note, render
+from tokstep.web.checks import user_error, warn
 from tokstep.web.pacing import Paced
 from tokstep.web.settings import ChatSettings
 from tokstep.web.views import inline_code, token_id_of_label_key
@@ -36,7 +37,7 @@ def session_for(ui: ChatUI, lm_for: ModelFor, values: dict[Component, Any]) -> C
     try:
         lm = lm_for(name)
     except Exception as error:  # whatever lm_for raises, the user gets its message
-        raise gr.Error(f"Cannot use the model {name!r}: {error}", title="Chat") from None
+        raise user_error(f"Cannot use the model {name!r}: {error}", title="Chat") from None
     session = values[ui.state]
     if not isinstance(session, ChatSession):
         return ChatSession(lm)
@@ -81,11 +82,17 @@ def on_send(ui: ChatUI, lm_for: ModelFor, values: dict[Component, Any]) -> Updat
     settings = ChatSettings.from_inputs(values)
     session = session_for(ui, lm_for, values)
     stop_runs(session)
+    if not has_chat_template(session.lm.tokenizer):
+        # Not the user's mistake but the model's: one titled pop-up and nothing else (a raised
+        # gr.Error would also mark the outputs "Error"). The chat stays; the message box, left out
+        # of the update, keeps what was typed.
+        warn(NO_TEMPLATE_MESSAGE, title="Cannot send")
+        return ui.show(render(session, settings))
     try:
         turn = session.send(values[ui.conversation.message])
     except ChatError as error:
         # gr.Error changes no output: the chat and the message box stay as they were.
-        raise gr.Error(str(error), title="Cannot send") from None
+        raise user_error(str(error), title="Cannot send") from None
     note = f"Sent. The model reads {turn.stepper.prompt_length} tokens: press Step or Auto-run to write the reply."
     return {**ui.show(render(session, settings, note)), ui.conversation.message: ""}
 

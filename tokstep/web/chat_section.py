@@ -18,31 +18,102 @@ them with `tokstep.web.settings.chat_arguments`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import gradio as gr
 from gradio.components import Component
 
+from tokstep.core.chat import has_chat_template
 from tokstep.core.model import LanguageModel
 from tokstep.web import chat_handlers as chat
 from tokstep.web.bind import bind
 from tokstep.web.chat_layout import ChatUI, buttons, conversation, reply_view, settings_accordion
 from tokstep.web.constants import STATE_TTL_S
 
-__all__ = ["add_chat"]
+__all__ = ["ModelSwitch", "add_chat"]
 
 
-def add_chat(model_choice: Component, lm_for: Callable[[Any], LanguageModel], *, autorun_workers: int = 32) -> None:
+@dataclass(frozen=True)
+class ModelSwitch:
+    """How the chat section can move the page to a chat model: the page's model dropdown (setting
+    it switches the page, as a visitor's choice does) and the offered models with a chat template."""
+
+    dropdown: gr.Dropdown | None = None
+    chat_models: Sequence[str] = field(default_factory=tuple)
+
+
+def add_chat(
+    model_choice: Component,
+    lm_for: Callable[[Any], LanguageModel],
+    *,
+    autorun_workers: int = 32,
+    switch: ModelSwitch = ModelSwitch(),  # noqa: B008 (frozen, so sharing the default is safe)
+) -> None:
     """Build the chat section inside the current `gr.Blocks`.
 
     `model_choice` holds the session's model name (a dropdown or a gr.State); `lm_for(name)`
     gives that model. `autorun_workers`: Auto-runs at once (they mostly pause between tokens).
+    `switch`: when the tab's model has no chat template, the section says so before anyone types
+    and offers a button that switches the page to the first chat model on its list.
     """
     state = gr.State(None, time_to_live=STATE_TTL_S)  # first, as on the main page
     with gr.Column(elem_id="chat"):
+        with gr.Row(visible=False, elem_id="chat-no-template-row") as offer_row:
+            offer = gr.Markdown(elem_id="chat-no-template")
+            switch_button = gr.Button("Switch", variant="primary", visible=False, elem_id="chat-switch")
         ui = ChatUI(state, model_choice, conversation(), buttons(), reply_view(), settings_accordion())
     wire_chat(ui, lm_for, autorun_workers)
+    wire_offer(model_choice, lm_for, switch, offer_row, offer, switch_button)
+
+
+def chat_offer(
+    lm: LanguageModel, name: str, chat_models: Sequence[str], row: Component, offer: Component, button: Component
+) -> dict[Component, Any]:
+    """What the no-template notice shows for the tab's model `name`: nothing when it has a template;
+    otherwise the notice, and a button to the first other chat model on the page's list."""
+    if has_chat_template(lm.tokenizer):
+        return {row: gr.Row(visible=False), offer: "", button: gr.Button(visible=False)}
+    others = [other for other in chat_models if other != name]
+    text = f"⚠️ **{name}** has no chat template, so it cannot chat."
+    text += f" **{others[0]}** on this page's list has one." if others else " No model on this page's list has one."
+    target = gr.Button(f"Switch the page to {others[0]}", visible=True) if others else gr.Button(visible=False)
+    return {row: gr.Row(visible=True), offer: text, button: target}
+
+
+def wire_offer(
+    model_choice: Component,
+    lm_for: Callable[[Any], LanguageModel],
+    switch: ModelSwitch,
+    row: Component,
+    offer: Component,
+    button: Component,
+) -> None:
+    """The notice follows the tab's model (at load and at every change); the button sets the page's
+    dropdown, whose own change event loads the model and starts the page over (tokstep.web.page)."""
+
+    def show(name: Any) -> dict[Component, Any]:
+        try:
+            lm = lm_for(name)
+        except gr.Error:  # the page's own events say why; the notice stays as it is
+            return {row: gr.skip(), offer: gr.skip(), button: gr.skip()}
+        return chat_offer(lm, name, switch.chat_models if switch.dropdown is not None else (), row, offer, button)
+
+    outputs = [row, offer, button]
+    hidden = {"show_progress": "hidden", "api_visibility": "private"}
+    if hasattr(model_choice, "change"):
+        model_choice.change(show, inputs=model_choice, outputs=outputs, **hidden)
+    root = gr.context.Context.root_block
+    if root is not None:
+        root.load(show, inputs=model_choice, outputs=outputs, **hidden)
+    if switch.dropdown is not None:
+
+        def switch_model(name: Any) -> Any:
+            others = [other for other in switch.chat_models if other != name]
+            return gr.Dropdown(value=others[0]) if others else gr.skip()
+
+        button.click(switch_model, inputs=model_choice, outputs=switch.dropdown, **hidden)
 
 
 def wire_chat(ui: ChatUI, lm_for: Callable[[Any], LanguageModel], autorun_workers: int) -> None:

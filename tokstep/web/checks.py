@@ -8,11 +8,36 @@ shows it as a pop-up, and gradio_client raises it as an `AppError`.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import gradio as gr
+
+LOG = logging.getLogger("tokstep")
+
+
+def titled(title: str, message: str) -> str:
+    """`message` led by `title`. Gradio 6.31's pop-up titles itself with its kind ("Warning", "Error")
+    and never shows the `title=` the code gives it (its toast reads only the level), so the title
+    the code sets goes first in the text, where the reader sees it."""
+    return message if message.startswith(f"{title}:") else f"{title}: {message}"
+
+
+def warn(message: str, title: str) -> None:
+    """A warning pop-up whose text starts with `title` (see `titled`), and one line in the console."""
+    LOG.warning("tokstep: %s: %s", title, message)
+    gr.Warning(titled(title, message), title=title)
+
+
+def user_error(message: str, title: str = "Error") -> gr.Error:
+    """The gr.Error for a user's mistake (an empty prompt, a bad setting, Send without a template):
+    the pop-up titled `title`, and one line in the console. Gradio prints a gr.Error's traceback
+    unless `print_exception=False` (gradio/queueing.py, utils.py); a mistake is not a fault, and
+    real faults (any other exception) still log theirs."""
+    LOG.warning("tokstep: %s: %s", title, message)
+    return gr.Error(titled(title, message), title=title, print_exception=False)
 
 
 class Check(Protocol):
@@ -23,7 +48,7 @@ class Check(Protocol):
 
 def refuse(label: str, what: str, value: Any) -> gr.Error:
     """The error every check raises: "`label` must be `what`, got `value`." """
-    return gr.Error(f"{label} must be {what}, got {value!r}.")
+    return user_error(f"{label} must be {what}, got {value!r}.", title="Bad setting")
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,24 @@ A failed load is not remembered: the next request tries again (the network may b
 
 from __future__ import annotations
 
+import json
+import os
+import re
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 
-from tokstep.core.loading import load
+import huggingface_hub
+from huggingface_hub.errors import HFValidationError
+
+from tokstep.core.loading import _is_cached, bundled_model_path, check_hub, load
 from tokstep.core.model import LanguageModel, ModelLoadError
+
+# How long the one start-up check of the Hub may take: a page that opens offline must not wait long.
+QUICK_HUB_TIMEOUT_S = 3.0
+OFFLINE_REASON = "not downloaded, and this server is offline"
+NO_HUB_REASON = "not downloaded, and the Hugging Face Hub cannot be reached"
+EXCEPTION_NAME = re.compile(r" \((?:\w+\.)*\w*(?:Error|Exception|Timeout)\)")
 
 # Offered next to the app's own model when the operator does not set TOKSTEP_MODELS.
 DEFAULT_CHOICES = ("gpt2", "distilgpt2", "tinystories", "tinystories-chat")
@@ -55,11 +68,14 @@ class ModelCache:
         *,
         loaded: Iterable[LanguageModel] = (),
         loader: Callable[[str], LanguageModel] = load,
+        unavailable: Mapping[str, str] | None = None,
     ) -> None:
         self.allowed: tuple[str, ...] = tuple(dict.fromkeys(name.strip() for name in allowed if name.strip()))
         if not self.allowed:
             raise ValueError("A ModelCache needs at least one allowed model.")
         self._loader = loader
+        # Names that cannot load here (see `unavailable_models`), with why: refused without a try.
+        self.unavailable: dict[str, str] = dict(unavailable or {})
         self._models: dict[str, LanguageModel] = {}
         self._lock = threading.Lock()  # guards the two dicts, never held while loading
         self._name_locks: dict[str, threading.Lock] = {}
@@ -77,6 +93,11 @@ class ModelCache:
     def is_loaded(self, name: str) -> bool:
         with self._lock:
             return name.strip() in self._models
+
+    def loaded(self, name: str) -> LanguageModel | None:
+        """The model `name` when a session has loaded it already; None otherwise (nothing loads)."""
+        with self._lock:
+            return self._models.get(name.strip())
 
     def refusal(self, name: object) -> str:
         """Why `name` is refused, naming the models that are offered."""
@@ -96,6 +117,8 @@ class ModelCache:
         ModelLoadError when loading fails (nothing is cached; a later call tries again).
         """
         name = self.check(name)
+        if name in self.unavailable:
+            raise ModelLoadError(f"Model '{name}' is unavailable here: {self.unavailable[name]}.")
         with self._lock:
             if name in self._models:
                 return self._models[name]
@@ -105,7 +128,92 @@ class ModelCache:
             with self._lock:
                 if name in self._models:
                     return self._models[name]
-            lm = self._loader(name)
+            try:
+                lm = self._loader(name)
+            except ModelLoadError as error:
+                # The page shows the message: a sentence for people, without the exception's class.
+                raise ModelLoadError(EXCEPTION_NAME.sub("", str(error))) from error
             with self._lock:
                 self._models[name] = lm
             return lm
+
+
+def local_folder(name: str) -> Path | None:
+    """The folder `name` loads from without the network (bundled or a local folder), or None."""
+    bundled = bundled_model_path(name)
+    if bundled is not None:
+        return bundled
+    folder = Path(name).expanduser()
+    return folder if (folder / "config.json").is_file() else None
+
+
+def _offline() -> bool:
+    # Read at call time, as tokstep.core.loading does: huggingface_hub reads it once, at import.
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    return flag or huggingface_hub.is_offline_mode()
+
+
+def unavailable_models(names: Iterable[str], loaded: Iterable[str] = ()) -> dict[str, str]:
+    """The names among `names` that cannot load here, each with its reason in a few words.
+
+    Cheap enough for start-up: bundled models, local folders and models in the local Hugging Face
+    cache always load; for the rest, offline mode decides without the network, and otherwise one
+    quick request to the Hub does (a Hub that does not answer makes every such name unavailable).
+    """
+    done = set(loaded)
+    remote = [name for name in names if name not in done and local_folder(name) is None and not _is_cached(name)]
+    if not remote:
+        return {}
+    if _offline():
+        return dict.fromkeys(remote, OFFLINE_REASON)
+    try:
+        check_hub(remote[0], timeout=QUICK_HUB_TIMEOUT_S)
+    except ModelLoadError as error:
+        if "could not be reached" in str(error):
+            return dict.fromkeys(remote, NO_HUB_REASON)
+        return {remote[0]: "not a model the Hugging Face Hub knows"}
+    return {}
+
+
+def has_chat_template_files(name: str) -> bool:
+    """Whether the model `name` comes with a chat template, read from its files without loading it
+    (a bundled or local folder, or the local Hugging Face cache); False when that cannot be told."""
+    folder = local_folder(name)
+    if folder is not None:
+        template, config = folder / "chat_template.jinja", folder / "tokenizer_config.json"
+    else:
+        try:
+            cached = [
+                huggingface_hub.try_to_load_from_cache(name, f)
+                for f in ("chat_template.jinja", "tokenizer_config.json")
+            ]
+        except HFValidationError:
+            return False
+        template, config = (Path(c) if isinstance(c, str) else None for c in cached)
+    if template is not None and template.is_file():
+        return True
+    try:
+        return config is not None and bool(json.loads(config.read_text()).get("chat_template"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def describe(name: str, unavailable: Mapping[str, str]) -> str:
+    """The dropdown's label for `name`: the name, or the name and why it cannot load here."""
+    reason = unavailable.get(name)
+    return name if reason is None else f"{name} (unavailable: {reason})"
+
+
+def chat_models(cache: ModelCache) -> list[str]:
+    """The offered models that have a chat template and can load here: those the chat section
+    offers to switch to. Loaded models are asked directly; the others are read from their files."""
+    from tokstep.core.chat import has_chat_template  # the chat's own test of a template
+
+    names = []
+    for name in cache.allowed:
+        if name in cache.unavailable:
+            continue
+        lm = cache.loaded(name)
+        if has_chat_template(lm.tokenizer) if lm is not None else has_chat_template_files(name):
+            names.append(name)
+    return names

@@ -47,10 +47,11 @@ from tokstep.web.api import generate, generate_on_the_one_model
 from tokstep.web.assets import JS
 from tokstep.web.assets import LAUNCH_OPTIONS as PAGE_OPTIONS
 from tokstep.web.bind import bind
-from tokstep.web.chat_section import add_chat
+from tokstep.web.chat_section import ModelSwitch, add_chat
 from tokstep.web.constants import DEFAULT_PROMPT, NOTEBOOK_PROMPT
-from tokstep.web.model_choice import ModelCache, allowed_models
+from tokstep.web.model_choice import ModelCache, allowed_models, chat_models, unavailable_models
 from tokstep.web.page_context import PageContext
+from tokstep.web.page_handlers import idle_after
 from tokstep.web.page_layout import (
     PageUI,
     controls,
@@ -61,6 +62,7 @@ from tokstep.web.page_layout import (
     share_row,
     token_view,
 )
+from tokstep.web.views import legend_html
 
 __all__ = ["JS", "LAUNCH_OPTIONS", "ServerLimits", "create_demo"]
 
@@ -124,20 +126,25 @@ def create_demo(
     """
     runtime = runtime if runtime is not None else InProcessRuntime()
     lm = runtime.serve(lm)
+    allowed = allowed_models(lm.name, models or ())
     cache = ModelCache(
-        allowed_models(lm.name, models or ()), loaded=[lm], loader=lambda name: runtime.serve(load(name))
-    )
+        allowed, loaded=[lm], loader=lambda name: runtime.serve(load(name)),
+        unavailable=unavailable_models(allowed, loaded=[lm.name]),
+    )  # fmt: skip
     export_folder = Path(tempfile.mkdtemp(prefix="tokstep-exports-"))
     context = PageContext(cache, offers_choice=models is not None, export_folder=export_folder)
     with gr.Blocks(title="tokstep: watch a language model write") as demo:
         session = session_state(context.default_model)  # first: see tokstep.web.page_layout
-        model = header(notice, cache.allowed, context.default_model)
-        ui = PageUI(
-            session, controls(model, prompt), token_view(), share_row(), settings_accordion(), notebook_tables()
-        )
+        model = header(notice, cache.allowed, context.default_model, cache.unavailable)
+        buttons = controls(model, prompt)
+        view, mode = token_view(buttons, legend_html(lm))
+        ui = PageUI(session, buttons, view, share_row(), settings_accordion(mode), notebook_tables())
         # Chat mode: the same model, stepping the assistant's reply (closed until asked for).
         with gr.Accordion("Chat mode: step through a chat model's reply", open=False, elem_id="chat-mode"):
-            add_chat(session.model_choice, context.lm_for, autorun_workers=limits.autorun_workers)
+            add_chat(
+                session.model_choice, context.lm_for, autorun_workers=limits.autorun_workers,
+                switch=ModelSwitch(model, chat_models(cache)),
+            )  # fmt: skip
         # Choosing an example changes the prompt box, which starts over (the prompt's change event).
         examples = gr.Examples(
             [[DEFAULT_PROMPT], [NOTEBOOK_PROMPT]], inputs=ui.controls.prompt, label="Example prompts"
@@ -155,6 +162,7 @@ def wire_page(demo: gr.Blocks, ui: PageUI, context: PageContext, limits: ServerL
     API clients (undocumented): tests and benchmarks drive the page through them."""
     session, controls, links = ui.session, ui.controls, ui.share
     view, settings = ui.view_outputs, set(ui.settings.all)
+    buttons = [controls.step, controls.autorun]  # Auto-run's running state (after the view: API order)
     tab = {session.state, session.model_choice, controls.prompt}  # what most events read
     raw = {"preprocess": False, "show_progress": "hidden"}
     api = {**raw, "api_visibility": "undocumented"}
@@ -163,19 +171,23 @@ def wire_page(demo: gr.Blocks, ui: PageUI, context: PageContext, limits: ServerL
 
     autorun_event = controls.autorun.click(
         bind(handlers.on_autorun, *parts), inputs={*tab, controls.autorun_tokens, controls.speed, *settings},
-        outputs=view, api_name="autorun", concurrency_limit=limits.autorun_workers, **api,
+        outputs=[*view, *buttons], api_name="autorun", concurrency_limit=limits.autorun_workers, **api,
     )  # fmt: skip
     step_event = controls.step.click(
         bind(handlers.on_step, *parts), inputs={*tab, *settings}, outputs=view, api_name="step", **api
     )
-    runs = [autorun_event, step_event]
+    continue_event = controls.continue_past.click(
+        bind(handlers.on_continue, *parts), inputs={*tab, *settings}, outputs=view, api_name="continue", **api
+    )
+    runs = [autorun_event, step_event, continue_event]
     controls.undo.click(
-        bind(handlers.on_undo, *parts), inputs={*tab, *settings}, outputs=view, api_name="undo",
-        cancels=[autorun_event], **api,
+        bind(idle_after(handlers.on_undo), *parts), inputs={*tab, *settings}, outputs=[*view, *buttons],
+        api_name="undo", cancels=[autorun_event], **api,
     )  # fmt: skip
     ui.view.topk.select(
-        bind(handlers.on_pick, *parts), inputs={*tab, *settings}, outputs=view, cancels=[autorun_event], **private
-    )
+        bind(idle_after(handlers.on_pick), *parts), inputs={*tab, *settings}, outputs=[*view, *buttons],
+        cancels=[autorun_event], **private,
+    )  # fmt: skip
     gr.on(
         [control.change for control in ui.settings.all], bind(handlers.on_view, *parts), inputs={*tab, *settings},
         outputs=view, api_name="view", trigger_mode="always_last", **api,
@@ -183,29 +195,31 @@ def wire_page(demo: gr.Blocks, ui: PageUI, context: PageContext, limits: ServerL
     # Reset, typing and choosing an example stop a running Auto-run or Step, which would
     # otherwise write the old text back.
     controls.reset.click(
-        bind(handlers.on_start, *parts), inputs={session.model_choice, controls.prompt, *settings}, outputs=view,
-        api_name="reset", cancels=runs, trigger_mode="always_last", **api,
+        bind(idle_after(handlers.on_start), *parts), inputs={session.model_choice, controls.prompt, *settings},
+        outputs=[*view, *buttons], api_name="reset", cancels=runs, trigger_mode="always_last", **api,
     )  # fmt: skip
     # A changed prompt starts over unless a link or a run file set it together with its state.
     # It cancels nothing itself: typing and choosing an example stop a run (below), while the
     # change that a link or a run file makes must not cancel a Step clicked right after it.
     controls.prompt.change(
-        bind(handlers.on_edit, *parts), inputs={*tab, *settings}, outputs=view, trigger_mode="always_last", **private
-    )
+        bind(idle_after(handlers.on_edit), *parts), inputs={*tab, *settings}, outputs=[*view, *buttons],
+        trigger_mode="always_last", **private,
+    )  # fmt: skip
     controls.prompt.input(None, cancels=runs)
     # The first load starts from the prompt box, or from the preset in the page's URL.
     demo.load(
         bind(sharing.on_load, *parts), inputs={session.model_choice, controls.prompt, *settings},
-        outputs=[*view, controls.prompt, *ui.settings.sampling, session.model_choice, controls.model], **private,
+        outputs=[*view, controls.prompt, *ui.settings.sampling, ui.view.legend, session.model_choice, controls.model],
+        **private,
     )  # fmt: skip
     # Choosing a model loads it (the status says so) and starts over from the prompt box.
     # `change` fires once per choice, by mouse or keyboard (in Gradio 6.31 `input` fires twice and
     # `select` misses the keyboard). When the page sets the dropdown itself (back after a failed load,
     # to a link's or a run file's model) it fires too, and finds the session on that model already.
     controls.model.change(
-        bind(handlers.on_model, *parts), inputs={controls.model, *tab, *settings},
-        outputs=[*view, session.model_choice, controls.model], api_name="model", api_visibility="undocumented",
-        cancels=runs, preprocess=False, show_progress="minimal",
+        bind(idle_after(handlers.on_model), *parts), inputs={controls.model, *tab, *settings},
+        outputs=[*view, *buttons, ui.view.legend, session.model_choice, controls.model], api_name="model",
+        api_visibility="undocumented", cancels=runs, preprocess=False, show_progress="minimal",
     )  # fmt: skip
     links.copy_link.click(
         bind(sharing.on_link, *parts), inputs={*tab, *settings}, outputs=links.link, api_name="link", **api
@@ -226,6 +240,7 @@ def wire_page(demo: gr.Blocks, ui: PageUI, context: PageContext, limits: ServerL
     examples.dataset.click(None, cancels=runs)
     # No queue limit: a class pressing Stop at once is not served one by one.
     controls.stop.click(
-        bind(handlers.on_stop, *parts), inputs={session.state, *settings}, outputs=view, cancels=[autorun_event],
+        bind(idle_after(handlers.on_stop), *parts), inputs={session.state, *settings}, outputs=[*view, *buttons],
+        cancels=[autorun_event],
         concurrency_limit=None, **private,
     )  # fmt: skip

@@ -10,7 +10,9 @@ component). It returns an update keyed by component; outputs it leaves out keep 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import inspect
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gradio as gr
@@ -20,12 +22,14 @@ from gradio.components import Component
 from tokstep.core.model import LanguageModel, ModelLoadError
 from tokstep.core.run_loop import run_steps
 from tokstep.core.stepper import STOP_REASON_TEXT, PromptError, TokenStepper, context_full_message
+from tokstep.core.tokens import visible_whitespace
 from tokstep.web.api import new_stepper
+from tokstep.web.checks import user_error, warn
 from tokstep.web.pacing import Paced
 from tokstep.web.page_context import PageContext
 from tokstep.web.page_layout import PageUI
 from tokstep.web.settings import AutoRun, PageSettings
-from tokstep.web.views import PageView, render, step_note, token_id_of_label_key
+from tokstep.web.views import PageView, inline_code, legend_html, render, step_note, token_id_of_label_key
 
 Update = dict[Component, Any]  # an event's update: new values by component
 
@@ -37,7 +41,7 @@ def current(lm: LanguageModel, stepper: TokenStepper | None, prompt: Any) -> Tok
     try:
         return new_stepper(lm, prompt)
     except PromptError as error:
-        raise gr.Error(str(error), title="Cannot step") from None
+        raise user_error(str(error), title="Cannot step") from None
 
 
 def start(lm: LanguageModel, prompt: Any, settings: PageSettings) -> PageView:
@@ -84,7 +88,7 @@ def undo(stepper: TokenStepper, settings: PageSettings) -> PageView:
         gr.Warning("Nothing to undo: only the prompt is left.")
         return render(stepper, settings, "Nothing to undo: only the prompt is left.")
     step = stepper.undo()
-    return render(stepper, settings, f"Took back `{step.token_id}`.")
+    return render(stepper, settings, f"Took back {inline_code(visible_whitespace(step.token))} (id {step.token_id}).")
 
 
 def tab_stepper(ui: PageUI, context: PageContext, values: dict[Component, Any]) -> TokenStepper:
@@ -100,16 +104,79 @@ def on_start(ui: PageUI, context: PageContext, values: dict[Component, Any]) -> 
     return ui.show(start(lm, values[ui.controls.prompt], PageSettings.from_inputs(values)))
 
 
+def at_end_of_text(stepper: TokenStepper) -> bool:
+    """Whether the sequence ends with one of the model's end-of-text tokens."""
+    return bool(stepper.ids) and stepper.ids[-1] in stepper.lm.eos_token_ids
+
+
+def end_of_text_note(stepper: TokenStepper) -> str:
+    last = stepper.ids[-1]
+    return (
+        f"**End of text:** the model wrote its end-of-text token {inline_code(stepper.lm.texts.text(last))} "
+        f"(id {last}), so Step stops here. Press **Continue past the end** to see what it writes after it, "
+        "or Undo to take it back."
+    )
+
+
 def on_step(ui: PageUI, context: PageContext, values: dict[Component, Any]) -> Update:
+    """Step; at the end of the text it stops and says so (a moment to look, not to write on)."""
+    settings = PageSettings.from_inputs(values)
+    stepper = tab_stepper(ui, context, values)
+    if at_end_of_text(stepper):
+        return ui.show(render(stepper, settings, end_of_text_note(stepper)))
+    return ui.show(append(stepper, settings))
+
+
+def on_continue(ui: PageUI, context: PageContext, values: dict[Component, Any]) -> Update:
+    """Continue past the end: one Step whatever the last token is."""
     settings = PageSettings.from_inputs(values)
     return ui.show(append(tab_stepper(ui, context, values), settings))
+
+
+def run_buttons(ui: PageUI, left: int | None) -> Update:
+    """While Auto-run runs, its button says so and how many tokens are left, and Step waits (Stop,
+    Undo or a pick end the run); `left` None: back to idle."""
+    controls = ui.controls
+    if left is None:
+        return {
+            controls.autorun: gr.Button(value="Auto-run", interactive=True),
+            controls.step: gr.Button(interactive=True),
+        }
+    running = f"Running… {left} left"
+    return {controls.autorun: gr.Button(value=running, interactive=False), controls.step: gr.Button(interactive=False)}
 
 
 def on_autorun(ui: PageUI, context: PageContext, values: dict[Component, Any]) -> Iterator[Update]:
     run = AutoRun.from_inputs(values)
     settings = PageSettings.from_inputs(values)
-    for shown in autorun(tab_stepper(ui, context, values), settings, run.tokens, run.pause_s):
-        yield ui.show(shown)
+    idle = False
+    for written, shown in enumerate(autorun(tab_stepper(ui, context, values), settings, run.tokens, run.pause_s), 1):
+        # The run's last step says why it stopped: the buttons come back with it, in the same update.
+        steps = shown.state.steps if shown.state is not None else []
+        idle = written >= run.tokens or (bool(steps) and steps[-1].stop_reason is not None)
+        yield {**ui.show(shown), **run_buttons(ui, None if idle else run.tokens - written)}
+    if not idle:  # it ended otherwise (the context was full, or Undo or a pick stopped it)
+        yield run_buttons(ui, None)
+
+
+def idle_after(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """`handler` for an event that ends a running Auto-run: its update also puts Auto-run's and
+    Step's buttons back (the cancelled run cannot). Same signature, so `bind` and Gradio read it."""
+    if inspect.isgeneratorfunction(handler):
+
+        @functools.wraps(handler)
+        def streaming(ui: PageUI, *args: Any, **kwargs: Any) -> Iterator[Any]:
+            for update in handler(ui, *args, **kwargs):
+                yield update if update.get("__type__") else {**update, **run_buttons(ui, None)}
+
+        return streaming
+
+    @functools.wraps(handler)
+    def returning(ui: PageUI, *args: Any, **kwargs: Any) -> Any:
+        update = handler(ui, *args, **kwargs)
+        return update if update.get("__type__") else {**update, **run_buttons(ui, None)}
+
+    return returning
 
 
 def on_undo(ui: PageUI, context: PageContext, values: dict[Component, Any]) -> Update:
@@ -166,7 +233,7 @@ def on_model(ui: PageUI, context: PageContext, values: dict[Component, Any]) -> 
     stepper, text = values[ui.session.state], values[controls.prompt]
     settings = PageSettings.from_inputs(values)
     if not models.is_allowed(choice):  # only an API client can send this: the dropdown offers the list
-        raise gr.Error(models.refusal(choice), title="Model not offered")
+        raise user_error(models.refusal(choice), title="Model not offered")
     choice = choice.strip()
     if choice == name:
         yield gr.skip()
@@ -178,7 +245,7 @@ def on_model(ui: PageUI, context: PageContext, values: dict[Component, Any]) -> 
         lm = models.get(choice)
     except ModelLoadError as error:
         message = f"Could not switch to '{choice}': {error} The page stays on '{name}'."
-        gr.Warning(message, title="Model not loaded")
+        warn(message, title="Model not loaded")
         note = f"⚠️ {message}"
         shown = ui.show(render(stepper, settings, note)) if stepper is not None else {ui.view.status: note}
         yield {**shown, controls.model: gr.Dropdown(value=name, interactive=True)}
@@ -190,5 +257,6 @@ def on_model(ui: PageUI, context: PageContext, values: dict[Component, Any]) -> 
     yield {
         **ui.show(shown),
         ui.session.model_choice: choice,
+        ui.view.legend: legend_html(lm),
         controls.model: gr.Dropdown(value=choice, interactive=True),
     }

@@ -12,7 +12,7 @@ tokstep.web.settings.PAGE_CONTROLS.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -35,6 +35,7 @@ from tokstep.web.constants import (
     TEMPERATURE_RANGE,
     TOP_P_MIN,
 )
+from tokstep.web.model_choice import describe
 from tokstep.web.views import LEGEND, TOKEN_TABLE_HEADERS, TOPK_TABLE_HEADERS, PageView
 
 TITLE = (
@@ -68,6 +69,7 @@ class Controls:
     reset: gr.Button
     autorun_tokens: gr.Slider
     speed: gr.Slider
+    continue_past: gr.Button  # one Step past an end-of-text token, which Step stops at
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,7 @@ class TokenView:
     topk: gr.Label
     status: gr.Markdown
     text: gr.Textbox
+    legend: gr.HTML  # with the tab's model's ids: the model event updates it
 
 
 @dataclass(frozen=True)
@@ -148,74 +151,94 @@ def session_state(default_model: str) -> Session:
     return Session(state=gr.State(None, time_to_live=STATE_TTL_S), model_choice=gr.State(default_model))
 
 
-def header(notice: str | None, models: Sequence[str], default_model: str) -> gr.Dropdown:
-    """The title, a notice when there is one (e.g. why a fallback model runs), and the model dropdown."""
+def header(
+    notice: str | None, models: Sequence[str], default_model: str, unavailable: Mapping[str, str] | None = None
+) -> gr.Dropdown:
+    """The title, a notice when there is one (e.g. why a fallback model runs), and the model dropdown:
+    a model that cannot load here is listed with why, in a few words (choosing it says so again)."""
     gr.Markdown(TITLE)
     if notice:
         gr.Markdown(f"⚠️ {notice}", elem_id="notice")
+    # Created here, rendered beside the prompt by `controls` (creation order is the API's order).
     return gr.Dropdown(
-        choices=list(models), value=default_model, label="Model", elem_id="model",
+        choices=[(describe(name, unavailable or {}), name) for name in models], value=default_model,
+        label="Model", elem_id="model", render=False, scale=1, min_width=200,
         interactive=len(models) > 1, allow_custom_value=False,
         info="Another model loads when first chosen, then the page starts over from the prompt.",
     )  # fmt: skip
 
 
 def controls(model: gr.Dropdown, prompt: str) -> Controls:
-    """The prompt box, the buttons, and how many tokens Auto-run writes at what speed."""
-    prompt_box = gr.Textbox(value=prompt, label="Prompt", lines=2, max_lines=8, elem_id="prompt")
-    with gr.Row():
-        step = gr.Button("Step", variant="primary", elem_id="step")
-        autorun = gr.Button("Auto-run", variant="secondary", elem_id="autorun")
-        stop = gr.Button("Stop", variant="stop", elem_id="stop")
-        undo = gr.Button("Undo", elem_id="undo")
-        reset = gr.Button("Reset", elem_id="reset")
-    with gr.Row():
-        autorun_tokens = gr.Slider(
-            1, MAX_AUTORUN_TOKENS, value=DEFAULT_AUTORUN_TOKENS, step=1,
-            label="Tokens to auto-run", elem_id="autorun-tokens",
-        )  # fmt: skip
-        speed = gr.Slider(
-            MIN_SPEED, MAX_SPEED, value=DEFAULT_SPEED, step=SPEED_STEP, label="Speed (tokens per second)",
-            elem_id="speed",
-        )  # fmt: skip
-    return Controls(model, prompt_box, step, autorun, stop, undo, reset, autorun_tokens, speed)
-
-
-def token_view() -> TokenView:
-    """The tokens with their ids (and the legend of their colours), the top-k, the status, the text."""
-    tokens = gr.HighlightedText(
-        label="Tokens, each with its id", elem_id="tokens", show_legend=False,
-        combine_adjacent=False, show_inline_category=True,
+    """The model and the prompt side by side, the buttons in one compact row (sticky on a phone, see
+    tokstep.web.assets.CSS), and how many tokens Auto-run writes at what speed (rendered lower down
+    by `autorun_row`: created here, as the API's order of inputs has it)."""
+    with gr.Row(equal_height=True):
+        model.render()
+        prompt_box = gr.Textbox(value=prompt, label="Prompt", lines=2, max_lines=8, elem_id="prompt", scale=3)
+    with gr.Row(elem_id="buttons"):
+        step = gr.Button("Step", variant="primary", elem_id="step", min_width=0)
+        autorun = gr.Button("Auto-run", variant="secondary", elem_id="autorun", min_width=0)
+        stop = gr.Button("Stop", variant="stop", elem_id="stop", min_width=0)
+        undo = gr.Button("Undo", elem_id="undo", min_width=0)
+        reset = gr.Button("Reset", elem_id="reset", min_width=0)
+        continue_past = gr.Button("Continue past the end", elem_id="continue", min_width=0)
+    autorun_tokens = gr.Slider(
+        1, MAX_AUTORUN_TOKENS, value=DEFAULT_AUTORUN_TOKENS, step=1,
+        label="Tokens to auto-run", elem_id="autorun-tokens", render=False,
     )  # fmt: skip
-    gr.HTML(LEGEND, elem_id="legend")
-    topk = gr.Label(label="Next token: the model's top candidates (click one to take it)", elem_id="topk")
-    status = gr.Markdown(elem_id="status")
-    text = gr.Textbox(label="Text so far", interactive=False, lines=3, elem_id="text")
-    return TokenView(tokens, topk, status, text)
+    speed = gr.Slider(
+        MIN_SPEED, MAX_SPEED, value=DEFAULT_SPEED, step=SPEED_STEP, label="Speed (tokens per second)",
+        elem_id="speed", render=False,
+    )  # fmt: skip
+    return Controls(model, prompt_box, step, autorun, stop, undo, reset, autorun_tokens, speed, continue_past)
+
+
+def token_view(controls: Controls, legend: str = LEGEND) -> tuple[TokenView, gr.Radio]:
+    """What a student watches, on one screen: the tokens with their ids and the status line beside
+    the top-k and how Step chooses (the mode radio, created here for the settings, see
+    `settings_accordion`); then the legend of the colours, Auto-run's count and speed, the text so far."""
+    with gr.Row(elem_id="watch"):
+        with gr.Column(scale=3, min_width=300):
+            tokens = gr.HighlightedText(
+                label="Tokens, each with its id", elem_id="tokens", show_legend=False,
+                combine_adjacent=False, show_inline_category=True,
+            )  # fmt: skip
+            status = gr.Markdown(elem_id="status")
+        with gr.Column(scale=2, min_width=260):
+            topk = gr.Label(label="Next token: the model's top candidates (click one to take it)", elem_id="topk")
+            mode = gr.Radio([GREEDY, SAMPLE], value=GREEDY, label="How Step and Auto-run choose", elem_id="mode")
+    legend_box = gr.HTML(legend, elem_id="legend")
+    with gr.Row():  # Auto-run's count and speed, created with the buttons
+        controls.autorun_tokens.render()
+        controls.speed.render()
+    text = gr.Textbox(label="Text so far", interactive=False, lines=2, elem_id="text")
+    return TokenView(tokens, topk, status, text, legend_box), mode
 
 
 def share_row() -> ShareRow:
-    """Copy link, Export run and Load a run, with the link and the file they give."""
-    with gr.Row(elem_id="share"):
-        copy_link = gr.Button("Copy link", elem_id="copy-link")
-        export = gr.Button("Export run (JSON)", elem_id="export")
-        load = gr.UploadButton(
-            "Load a run", elem_id="import", file_types=[".json"], type="filepath", file_count="single"
-        )
-    with gr.Row():
-        link = gr.Textbox(
-            label="Link to this state (prompt, tokens so far, settings)", interactive=False,
-            buttons=["copy"], elem_id="link",
-        )  # fmt: skip
-        export_file = gr.File(label="Run file", interactive=False, elem_id="export-file")
+    """Copy link, Export run and Load a run, with the link and the file they give: one collapsed
+    accordion, so the first screen is the lesson's."""
+    with gr.Accordion("Save and share: link, run file", open=False, elem_id="save-share"):
+        with gr.Row(elem_id="share"):
+            copy_link = gr.Button("Copy link", elem_id="copy-link")
+            export = gr.Button("Export run (JSON)", elem_id="export")
+            load = gr.UploadButton(
+                "Load a run", elem_id="import", file_types=[".json"], type="filepath", file_count="single"
+            )
+        with gr.Row():
+            link = gr.Textbox(
+                label="Link to this state (prompt, tokens so far, settings)", interactive=False,
+                buttons=["copy"], elem_id="link",
+            )  # fmt: skip
+            export_file = gr.File(label="Run file", interactive=False, elem_id="export-file")
     return ShareRow(copy_link, export, load, link, export_file)
 
 
-def settings_accordion() -> SettingsControls:
-    """How Step and Auto-run choose (greedy or seeded sampling), the top-k size, colouring the prompt."""
-    with gr.Accordion("Choosing: greedy or sampling, top-k size", open=False, elem_id="choosing"):
+def settings_accordion(mode: gr.Radio) -> SettingsControls:
+    """How Step and Auto-run choose: the mode (shown beside the top-k, see `token_view`), the sampling
+    settings, the top-k size, colouring the prompt."""
+    with gr.Accordion("Choosing: sampling settings, top-k size", open=False, elem_id="choosing"):
         with gr.Row():
-            mode = gr.Radio([GREEDY, SAMPLE], value=GREEDY, label="How Step and Auto-run choose", elem_id="mode")
             top_k_size = gr.Slider(
                 1, MAX_TOP_K, value=DEFAULT_TOP_K, step=1, label="Top-k size (candidates shown)",
                 elem_id="topk-size",

@@ -23,6 +23,7 @@ from tokstep.core.model import LanguageModel, ModelLoadError
 from tokstep.core.presets import Preset, apply_preset, has_preset, link_reproduces, parse_preset, preset_query
 from tokstep.core.run_files import RunFileError, dumps_run, export_run, read_run_file, restore_run, run_model_name
 from tokstep.core.sampling import SamplingSettings
+from tokstep.web.checks import user_error
 from tokstep.web.constants import (
     DEFAULT_PROMPT,
     EXPORT_TTL_S,
@@ -37,7 +38,7 @@ from tokstep.web.page_context import PageContext
 from tokstep.web.page_handlers import Update, start, tab_stepper
 from tokstep.web.page_layout import PageUI
 from tokstep.web.settings import PageSettings
-from tokstep.web.views import PageView, render
+from tokstep.web.views import PageView, legend_html, render
 
 LINK_WARNING = (
     "This link gives the prompt and the number of tokens, stepped with the current settings: "
@@ -145,6 +146,7 @@ def on_load(ui: PageUI, context: PageContext, values: dict[Component, Any], requ
         update.update(sampling_values(ui, sampling))
     if chosen_model != name:
         update.update({ui.session.model_choice: chosen_model, ui.controls.model: chosen_model})
+        update[ui.view.legend] = legend_html(context.lm_for(chosen_model))  # the link's model's ids
     yield update
 
 
@@ -185,14 +187,14 @@ def run_model(context: PageContext, run: dict, name: str) -> LanguageModel:
 def on_import(ui: PageUI, context: PageContext, path: Any, name: str, text: Any) -> Update:
     """Load a run: the file sets the tokens, every setting and the model, so the page's own are not read."""
     if not isinstance(path, str):
-        raise gr.Error("No file came with the upload.", title="Cannot load the run")
+        raise user_error("No file came with the upload.", title="Cannot load the run")
     try:
         run = read_run_file(path)
         run_lm = run_model(context, run, name)
         restored = restore_run(run_lm, run, MAX_TOP_K)
     except RunFileError as error:
         # gr.Error changes no output: the tokens, settings and model stay as they were.
-        raise gr.Error(f"{error} Nothing on the page was changed.", title="Cannot load the run") from None
+        raise user_error(f"{error} Nothing on the page was changed.", title="Cannot load the run") from None
     warnings = list(restored.warnings)
     sampling = restored.sampling
     if (why := sampling_fits_page(sampling)) is not None:

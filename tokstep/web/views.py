@@ -61,6 +61,13 @@ LEGEND = (
 )
 
 
+def legend_html(lm: Any) -> str:
+    """The legend with `lm`'s own ids: its first token of "Once" and of " of" (LEGEND's are GPT-2's),
+    so a student can find the example chips' numbers on the page."""
+    once, of = (lm.tokenizer.encode(text, add_special_tokens=False)[:1] or [0] for text in ("Once", " of"))
+    return LEGEND.replace("Once 7454", f"Once {once[0]}").replace("of +286", f"of +{of[0]}")
+
+
 def inline_code(text: str) -> str:
     """`text` as a Markdown code span, whatever backticks it holds (CommonMark's rule)."""
     if "`" not in text:
