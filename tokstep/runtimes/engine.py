@@ -98,6 +98,14 @@ class EngineCache:
         keep = len(self.ids) + max_length if max_length < 0 else max_length
         del self.ids[max(0, keep) :]
 
+    @staticmethod
+    def holding(cache: Any, ids: list[int]) -> EngineCache:
+        """`cache` (an EngineCache) now holding `ids`, or a new EngineCache when there is none."""
+        if isinstance(cache, EngineCache):
+            cache.ids = ids
+            return cache
+        return EngineCache(ids)
+
 
 # --- what the engine answers -------------------------------------------------------------------
 
@@ -372,11 +380,7 @@ class EngineForward(Forward):
         summary = self._remembered(sequence_ids) or self.distribution(sequence_ids)
         forward_ms = (time.perf_counter() - started) * 1000.0
         # Only now, with an answer in hand: a failed request leaves the sequence as it was.
-        if isinstance(cache, EngineCache):
-            cache.ids = sequence_ids
-        else:
-            cache = EngineCache(sequence_ids)
-        return ForwardResult(cache, summary, forward_ms)
+        return ForwardResult(EngineCache.holding(cache, sequence_ids), summary, forward_ms)
 
     def prompt_logits(self, ids: Sequence[int]) -> torch.Tensor:
         raise ValueError(

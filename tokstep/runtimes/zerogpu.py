@@ -123,11 +123,7 @@ class ZeroGPUForward(Forward):
         seen = cache.ids[:cached] if isinstance(cache, EngineCache) else []
         sequence_ids = [*seen, *ids]
         summary, _, forward_ms = gpu_pass(self.key, sequence_ids, None, False)
-        if isinstance(cache, EngineCache):
-            cache.ids = sequence_ids
-        else:
-            cache = EngineCache(sequence_ids)
-        return ForwardResult(cache, summary, forward_ms)
+        return ForwardResult(EngineCache.holding(cache, sequence_ids), summary, forward_ms)
 
     def prompt_logits(self, ids: Sequence[int]) -> torch.Tensor:
         return gpu_prompt_logits(self.key, [int(i) for i in ids])
