@@ -198,3 +198,29 @@ def test_step_stops_at_the_end_of_text_and_continue_goes_past_it(browser, lesson
         assert wait_for_count(tab, count + 1, timeout=30)[-1].startswith("+")
     finally:
         context.close()
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_offline_the_dropdown_marks_a_model_that_cannot_load(browser, tiny_lm, monkeypatch, size):
+    """Offline, a listed model that is neither bundled, a folder nor cached is offered as unavailable,
+    with its reason in words (no exception class names), and choosing it leaves the page as it was."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    missing = "tokstep-test/no-such-model-anywhere"
+    with serving(create_demo(tiny_lm, models=[missing])) as url:
+        context, tab = open_tab(browser, url, size, "light")
+        try:
+            tab.click("#model input")
+            option = tab.get_by_role("option", name=re.compile("no-such-model-anywhere"))
+            option.wait_for()
+            assert "(unavailable: not downloaded, and this server is offline)" in option.inner_text()
+            before = token_labels(tab)
+            option.click()
+            tab.wait_for_function(
+                "() => document.querySelector('#status').innerText.includes('unavailable here')", timeout=30000
+            )
+            status = tab.locator("#status").inner_text()
+            assert "Error" not in status and "Exception" not in status
+            assert token_labels(tab) == before  # the tab keeps its tokens and its model
+            tab.screenshot(path=str(SCREENSHOTS / f"offline-dropdown-{size}.png"), full_page=True)
+        finally:
+            context.close()
