@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 import transformers
 from tokenizers import Tokenizer
+from train_tiny import machine_description, read_stories  # the base model's script, in this folder
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -114,13 +115,6 @@ NOT_DESCRIBING = frozenset({"of", "to", "for", "with", "and", "or", "in", "on", 
 # ---------------------------------------------------------------------------
 # Corpus and dialogues
 # ---------------------------------------------------------------------------
-
-
-def read_stories(path: Path, limit: int | None = None) -> list[str]:
-    """The stories of one file (blocks separated by blank lines, stripped); the first `limit`."""
-    blocks = re.split(r"\n[ \t]*\n", path.read_text(encoding="utf-8"))
-    stories = [b.strip() for b in blocks if b.strip()]
-    return stories[:limit] if limit is not None else stories
 
 
 def story_nouns(stories: Sequence[str], min_count: int = 3) -> frozenset[str]:
@@ -519,19 +513,6 @@ def evaluate(
 # ---------------------------------------------------------------------------
 
 
-def machine_description() -> str:
-    """A short description of the CPU and thread count used."""
-    cpu = "CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {torch.get_num_threads()} CPU thread(s), no GPU"
-
-
 def write_model_card(out: Path, info: dict) -> None:
     """README.md: what the model is, the data credit, the dialogue format, settings, figures, samples."""
     s, ev = info["settings"], info["eval"]
@@ -708,7 +689,7 @@ def main(argv: list[str] | None = None) -> None:
     # Evaluate the *saved* folder, as a user loads it.
     model = AutoModelForCausalLM.from_pretrained(out).eval()
     tokenizer = AutoTokenizer.from_pretrained(out)
-    valid = read_stories(corpus / VALID_FILE, s.eval_stories)
+    valid = read_stories(corpus / VALID_FILE)[: s.eval_stories]
     ev = evaluate(model, tokenizer, valid, nouns, s)
     limit = 200 if not args.smoke else 16
     samples = {p: greedy_reply(model, tokenizer, [{"role": "user", "content": p}], limit) for p in CARD_PROMPTS}
