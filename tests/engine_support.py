@@ -20,6 +20,7 @@ import contextlib
 import json
 import math
 import os
+import select
 import shutil
 import signal
 import socket
@@ -124,6 +125,9 @@ class EngineDouble:
         self.mode = "ok"
         self.hang_s = 3.0
         self.requests = 0  # completions asked for, faults included
+        self.abandoned = 0  # requests whose client went away while they hung
+        # In "hang" mode, completions numbered hang_after + 1 .. hang_last hang (None: all that follow).
+        self.hang_after, self.hang_last = 0, None
         self.port = free_port()
         self._server: ThreadingHTTPServer | None = None
         self._http = httpx.Client(timeout=30, trust_env=False)
@@ -172,8 +176,10 @@ class EngineDouble:
             with contextlib.suppress(OSError):
                 handler.connection.shutdown(socket.SHUT_RDWR)
             return
-        if mode == "hang":
-            time.sleep(self.hang_s)
+        held = self.hang_after < self.requests <= (self.hang_last if self.hang_last is not None else self.requests)
+        if mode == "hang" and held and self._client_left_within(handler, self.hang_s):
+            self.abandoned += 1  # the client closed its connection while its request waited
+            return
         if mode == "http-500":
             return self._send(handler, 500, {"error": {"message": "the engine's worker died", "code": 500}})
         if mode == "garbage":
@@ -188,6 +194,22 @@ class EngineDouble:
         request = json.loads(body) if body else None
         status, answer = self._answer(path, request)
         self._send(handler, status, answer)
+
+    @staticmethod
+    def _client_left_within(handler: BaseHTTPRequestHandler, seconds: float) -> bool:
+        """Wait up to `seconds`; True as soon as the client closes its end (a read gives EOF)."""
+        connection = handler.connection
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select([connection], [], [], min(left, 0.05))
+            if readable:
+                try:
+                    if connection.recv(1, socket.MSG_PEEK) == b"":
+                        return True
+                except OSError:
+                    return True
+                time.sleep(0.01)  # bytes of a next request on a kept-alive connection: not a close
+        return False
 
     def _send(self, handler: BaseHTTPRequestHandler, status: int, answer: dict) -> None:
         self._send_raw(handler, status, json.dumps(answer).encode(), "application/json")

@@ -5,6 +5,7 @@ server is in tests/test_engine_runtime_vllm.py."""
 from __future__ import annotations
 
 import math
+import threading
 import time
 
 import gradio as gr
@@ -15,6 +16,7 @@ from engine_support import EngineDouble, free_port
 import tokstep
 from tokstep.core.distribution import TensorSampler, entropy_bits, logits_to_probs
 from tokstep.core.loading import load_without_weights
+from tokstep.core.run_loop import run_steps
 from tokstep.core.sampling import SamplingSettings
 from tokstep.core.stepper import RunStopped, TokenStepper
 from tokstep.runtimes.engine import (
@@ -225,6 +227,63 @@ def test_a_stopped_run_makes_no_further_request(double):
     stepper.end_run()
     time.sleep(0.2)
     assert double.requests == asked
+
+
+def wait_for(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("in_a_run", [True, False], ids=["auto-run", "one step"])
+def test_a_stop_cancels_the_request_in_flight_and_keeps_the_tokens(double, in_a_run):
+    lm = EngineRuntime(double.url, timeout_s=15).load("tinystories")
+    stepper = TokenStepper.from_text(lm, "Once upon a time")
+    stepper.step()
+    ids, steps = list(stepper.ids), list(stepper.steps)
+    double.mode, double.hang_s = "hang", 10.0  # the engine holds the next request
+    outcome: dict = {}
+
+    def step() -> None:
+        started = time.monotonic()
+        try:
+            stepper.step(run=stepper.start_run() if in_a_run else None)
+        except BaseException as error:  # noqa: BLE001 - the test reads what the step raised
+            outcome["error"] = error
+        outcome["seconds"] = time.monotonic() - started
+
+    asked = double.requests
+    thread = threading.Thread(target=step)
+    thread.start()
+    wait_for(lambda: double.requests > asked)  # the request is at the engine, waiting
+    stopped_at = time.monotonic()
+    stepper.stop_runs()  # as Stop, Undo, a pick or a closed tab do
+    stop_s = time.monotonic() - stopped_at
+    thread.join(5)
+    assert not thread.is_alive()
+    assert isinstance(outcome["error"], RunStopped)
+    assert stop_s < 2 and outcome["seconds"] < 3  # not the engine's 10 s, nor the 15 s timeout
+    wait_for(lambda: double.abandoned == 1)  # the engine saw its client go: vLLM aborts it then
+    assert stepper.ids == ids and stepper.steps == steps
+    double.mode = "ok"
+    stepper.step()  # the next step asks again
+    assert stepper.ids[: len(ids)] == ids and len(stepper.ids) == len(ids) + 1
+
+
+def test_a_stop_cancels_a_run_s_prefetched_request(double):
+    lm = EngineRuntime(double.url, timeout_s=15).load("tinystories")
+    stepper = TokenStepper.from_text(lm, "Once upon a time")
+    updates = run_steps(stepper, 10, 5)
+    # The prompt's request answers; the next token's, sent ahead while the first is handed out, waits.
+    double.mode, double.hang_s, double.hang_after = "hang", 10.0, double.requests + 1
+    first = next(updates)
+    wait_for(lambda: double.requests > double.hang_after)  # the prefetched request waits at the engine
+    started = time.monotonic()
+    stepper.stop_runs()
+    assert list(updates) == [] and time.monotonic() - started < 3
+    wait_for(lambda: double.abandoned == 1)
+    assert stepper.generated_ids == [first.token_id]
 
 
 def test_the_page_shows_an_engine_fault_in_its_status_and_keeps_every_token(double):

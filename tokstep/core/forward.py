@@ -53,6 +53,10 @@ class PendingPass:
     forgotten: bool = False  # its run ended while its pass ran: the pass does not expect it back
 
 
+class PassCancelled(Exception):
+    """A sequence's pass was cancelled while it ran (`Forward.interrupt`): nothing was changed."""
+
+
 class CacheHolder(Protocol):
     """A sequence that keeps a KV cache and can give it back (TokenStepper)."""
 
@@ -99,6 +103,14 @@ class Forward:
 
     def run_ended(self, sequence: Hashable) -> None:
         """A run of steps of `sequence` ended: no pass should wait for it."""
+
+    def interrupt(self, sequence: Hashable) -> None:
+        """Cancel `sequence`'s passes in flight, and refuse its new ones until `resume(sequence)`:
+        each raises PassCancelled. In process there is nothing to do: a pass takes milliseconds,
+        and the step waiting for it ends with it; a serving engine's request can take seconds."""
+
+    def resume(self, sequence: Hashable) -> None:
+        """End an `interrupt(sequence)`: its passes run again."""
 
     def cache_kept(self, holder: CacheHolder) -> None:
         """`holder` just stored a cache from a pass (a runtime may bound how many are kept)."""

@@ -27,7 +27,7 @@ import torch
 from transformers.cache_utils import Cache
 
 from tokstep.core.distribution import Estimate, NextTokenSummary, Sampler, SamplerName
-from tokstep.core.forward import ForwardResult, PendingPass
+from tokstep.core.forward import ForwardResult, PassCancelled, PendingPass
 from tokstep.core.model import LanguageModel
 from tokstep.core.sampling import SamplingSettings
 from tokstep.core.tokens import tokenize
@@ -106,7 +106,8 @@ class UndoError(ValueError):
 
 
 class RunStopped(Exception):
-    """A run of steps was stopped (TokenStepper.stop_runs) before this step of it began."""
+    """A run of steps was stopped (TokenStepper.stop_runs) before this step of it began, or while
+    the step waited for a pass the runtime cancelled (nothing was appended then)."""
 
 
 def rank_bucket(rank: int) -> RankBucket:
@@ -222,14 +223,18 @@ class TokenStepper:
         """Feed the ids not yet in the KV cache; return the next token's distribution.
 
         The pass goes through the model's Forward (`lm.forward`): a direct call, or a runtime
-        in which other sessions' tokens may share the pass."""
+        in which other sessions' tokens may share the pass. RunStopped when `stop_runs`
+        cancelled it."""
         if self._next_is_current:
             return self._next
         request, self._prefetched = self._prefetched, None
-        if request is not None:
-            self._take(self.lm.forward.collect(request))
-        else:
-            self._take(self.lm.forward.forward(*self._pending_pass(), sequence=id(self)))
+        try:
+            if request is not None:
+                self._take(self.lm.forward.collect(request))
+            else:
+                self._take(self.lm.forward.forward(*self._pending_pass(), sequence=id(self)))
+        except PassCancelled:  # stop_runs cancelled the pass (a serving engine's request): nothing changed
+            raise RunStopped("Stopped while the model read the sequence: nothing was appended.") from None
         return self._next
 
     def _pending_pass(self) -> tuple[list[int], Cache | None, int]:
@@ -283,12 +288,20 @@ class TokenStepper:
 
     def stop_runs(self) -> None:
         """Stop every run of steps started so far (see `start_run`). A step in progress ends
-        first, and this waits for it; no step of those runs begins afterwards. So a page that
+        first, and this waits for it (a runtime that can cancels its pass: the step then raises
+        RunStopped and appends nothing); no step of those runs begins afterwards. So a page that
         shows the sequence once this returns shows every token its stopped runs appended: a
         run's thread that resumes after the stop (a server cancelling it does not stop that
         thread) takes no further step."""
-        with self._lock:
-            self._runs_stopped += 1
+        # A step in progress holds the lock while it waits for its pass: a runtime whose pass can
+        # take seconds (a serving engine's request) cancels it, and refuses new ones, meanwhile.
+        forward = self.lm.forward
+        forward.interrupt(id(self))
+        try:
+            with self._lock:
+                self._runs_stopped += 1
+        finally:
+            forward.resume(id(self))
 
     def end_run(self) -> None:
         """A run of steps ended (finished or stopped): withdraw its prefetched pass, and tell the

@@ -30,12 +30,17 @@ What the engine gives exactly, and what is estimated (`NextTokenSummary.estimate
 Faults: every request has timeouts; a failure (unreachable, too slow, connection closed, an HTTP
 error, an answer that is not a completion) raises `EngineError` with one readable sentence. Nothing
 is changed on failure: the sequence keeps its tokens, and the next step sends the same request again.
-A stopped run makes no further request (the stepper refuses its next step); one in flight ends
-within its timeout.
+A Stop cancels the sequence's request in flight (`EngineForward.interrupt`, which the stepper's
+`stop_runs` calls): its connection is closed, vLLM aborts the request when its client goes, and the
+step ends at once with `PassCancelled`, the sequence unchanged. Requests run on one event loop
+thread (httpx's async client), because only a coroutine can be cancelled while it waits: a
+blocking call in a worker thread cannot be stopped from outside.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
@@ -53,7 +58,7 @@ import pydantic
 import torch
 
 from tokstep.core.distribution import NextTokenSummary, SamplerName
-from tokstep.core.forward import CacheHolder, Forward, ForwardResult, PendingPass
+from tokstep.core.forward import CacheHolder, Forward, ForwardResult, PassCancelled, PendingPass
 from tokstep.core.loading import HUB_TIMEOUT_S, load_without_weights
 from tokstep.core.model import LanguageModel, ModelLoadError
 from tokstep.core.sampling import SamplingSettings
@@ -377,7 +382,7 @@ class EngineForward(Forward):
         seen = cache.ids[:cached] if isinstance(cache, EngineCache) else []
         sequence_ids = [*seen, *(int(i) for i in ids)]
         started = time.perf_counter()
-        summary = self._remembered(sequence_ids) or self.distribution(sequence_ids)
+        summary = self._remembered(sequence_ids) or self.distribution(sequence_ids, sequence)
         forward_ms = (time.perf_counter() - started) * 1000.0
         # Only now, with an answer in hand: a failed request leaves the sequence as it was.
         return ForwardResult(EngineCache.holding(cache, sequence_ids), summary, forward_ms)
@@ -424,9 +429,16 @@ class EngineForward(Forward):
         finally:
             pending.done = True
 
-    def distribution(self, ids: list[int]) -> EngineSummary:
-        """The next token's distribution after `ids`: one greedy request for the top tokens."""
-        return self._summary(ids, self.ask(ids))
+    def distribution(self, ids: list[int], sequence: Hashable = None) -> EngineSummary:
+        """The next token's distribution after `ids`: one greedy request for the top tokens, which
+        `interrupt(sequence)` cancels."""
+        return self._summary(ids, self.ask(ids, sequence=sequence))
+
+    def interrupt(self, sequence: Hashable) -> None:
+        self.client.interrupt(sequence)
+
+    def resume(self, sequence: Hashable) -> None:
+        self.client.resume(sequence)
 
     def ask(
         self,
@@ -439,6 +451,7 @@ class EngineForward(Forward):
         top_p: float = 1.0,
         seed: int | None = None,
         retry: bool = True,
+        sequence: Hashable = None,
     ) -> Answer:
         """One completion of one token after `ids`, its top `logprobs` tokens read and checked."""
         count = logprobs or self.runtime.logprobs
@@ -457,7 +470,8 @@ class EngineForward(Forward):
             payload.update(top_k=top_k, top_p=top_p, seed=seed)
         if prompt_logprobs is not None:
             payload["prompt_logprobs"] = prompt_logprobs
-        body = self.client.post("/completions", payload, what=f"the next token after {len(ids)} tokens", retry=retry)
+        what = f"the next token after {len(ids)} tokens"
+        body = self.client.post("/completions", payload, what=what, retry=retry, sequence=sequence)
         return _read_answer(self.client, body, count, self.vocab_size, retry)
 
     def lookup(self, ids: Sequence[int], token_id: int) -> tuple[float, int]:
@@ -599,13 +613,42 @@ class EngineClient:
         self.url = url
         self.timeout_s = timeout_s
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.Client(
+        # Every request is a coroutine on this loop, so a Stop can cancel one while it waits.
+        self._loop = asyncio.new_event_loop()
+        self._io = threading.Thread(target=self._loop.run_forever, name="tokstep-engine-io", daemon=True)
+        self._io.start()
+        self.http = self._on_loop(self._new_http(url, headers, timeout_s)).result()
+        self._calls_lock = threading.Lock()
+        self._in_flight: dict[Hashable, set[concurrent.futures.Future]] = {}
+        self._interrupted: dict[Hashable, int] = {}  # sequence -> interrupts in effect
+
+    @staticmethod
+    async def _new_http(url: str, headers: dict[str, str], timeout_s: float) -> httpx.AsyncClient:
+        return httpx.AsyncClient(  # made on the loop that uses it
             base_url=url,
             headers=headers,
             timeout=httpx.Timeout(timeout_s, connect=min(CONNECT_TIMEOUT_S, timeout_s)),
             limits=httpx.Limits(max_connections=PREFETCH_THREADS + 64, max_keepalive_connections=PREFETCH_THREADS),
             trust_env=False,  # a proxy from the environment must not sit between tokstep and its engine
         )
+
+    def _on_loop(self, coroutine: Any) -> concurrent.futures.Future:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+
+    def interrupt(self, sequence: Hashable) -> None:
+        """Cancel `sequence`'s requests in flight (their connections close, so the engine aborts
+        them) and refuse its new ones until `resume(sequence)`; both raise PassCancelled."""
+        with self._calls_lock:
+            self._interrupted[sequence] = self._interrupted.get(sequence, 0) + 1
+            in_flight = list(self._in_flight.get(sequence, ()))
+        for call in in_flight:
+            call.cancel()
+
+    def resume(self, sequence: Hashable) -> None:
+        with self._calls_lock:
+            left = self._interrupted.pop(sequence, 0) - 1
+            if left > 0:
+                self._interrupted[sequence] = left
 
     def garbage(self, detail: str, retry: bool = True) -> EngineError:
         return self.error_type(
@@ -616,15 +659,42 @@ class EngineClient:
     def get(self, path: str, *, what: str) -> Any:
         return self._request("GET", path, None, what, retry=False)
 
-    def post(self, path: str, payload: dict[str, Any], *, what: str, retry: bool = True) -> Any:
+    def post(
+        self, path: str, payload: dict[str, Any], *, what: str, retry: bool = True, sequence: Hashable = None
+    ) -> Any:
         """The JSON answer to `payload`. `retry`: the request is a step's (the message says the tokens
-        are kept and the next step retries), not one of the checks at start-up."""
-        return self._request("POST", path, payload, what, retry=retry)
+        are kept and the next step retries), not one of the checks at start-up. `sequence`: whose
+        request it is, for `interrupt`."""
+        return self._request("POST", path, payload, what, retry=retry, sequence=sequence)
 
-    def _request(self, method: str, path: str, payload: dict[str, Any] | None, what: str, retry: bool) -> Any:
+    def _send(self, method: str, path: str, payload: dict[str, Any] | None, sequence: Hashable) -> httpx.Response:
+        """The engine's response, waited for in this thread while the loop thread sends and reads."""
+        call = self._on_loop(self.http.request(method, path.lstrip("/"), json=payload))
+        with self._calls_lock:
+            if sequence is not None and sequence in self._interrupted:
+                call.cancel()
+                raise PassCancelled("The request was cancelled: its run was stopped.")
+            if sequence is not None:
+                self._in_flight.setdefault(sequence, set()).add(call)
+        try:
+            return call.result()
+        except concurrent.futures.CancelledError:
+            raise PassCancelled("The request was cancelled: its run was stopped.") from None
+        finally:
+            if sequence is not None:
+                with self._calls_lock:
+                    calls = self._in_flight.get(sequence)
+                    if calls is not None:
+                        calls.discard(call)
+                        if not calls:
+                            del self._in_flight[sequence]
+
+    def _request(
+        self, method: str, path: str, payload: dict[str, Any] | None, what: str, retry: bool, sequence: Hashable = None
+    ) -> Any:
         again = RETRY if retry else "tokstep cannot start on it."
         try:
-            response = self.http.request(method, path.lstrip("/"), json=payload)
+            response = self._send(method, path, payload, sequence)
         except (httpx.ConnectError, httpx.ConnectTimeout) as error:
             raise self.error_type(
                 f"The serving engine at {self.url} cannot be reached ({_reason(error)}). Check that it is running "
@@ -655,7 +725,15 @@ class EngineClient:
             raise self.garbage(f"not JSON: {response.text[:60]!r}", retry) from None
 
     def close(self) -> None:
-        self.http.close()
+        """Close the connections and stop the loop thread."""
+        if self._loop.is_closed():
+            return
+        with contextlib.suppress(concurrent.futures.TimeoutError, RuntimeError):
+            self._on_loop(self.http.aclose()).result(timeout=CONNECT_TIMEOUT_S)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._io.join(timeout=CONNECT_TIMEOUT_S)
+        if not self._io.is_alive():
+            self._loop.close()
 
 
 def _reason(error: Exception) -> str:

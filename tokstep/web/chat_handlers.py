@@ -19,12 +19,14 @@ from gradio.components import Component
 from tokstep.core.chat import NO_TEMPLATE_MESSAGE, ChatError, ChatSession, has_chat_template
 from tokstep.core.model import LanguageModel
 from tokstep.core.run_loop import run_steps
+from tokstep.core.stepper import RunStopped
 from tokstep.core.tokens import visible_whitespace
 from tokstep.web.chat_layout import ChatUI
 from tokstep.web.chat_view import chat_note, render
 from tokstep.web.checks import user_error, warn
 from tokstep.web.pacing import Paced
 from tokstep.web.settings import ChatSettings
+from tokstep.web.tab_runs import TabRuns
 from tokstep.web.views import inline_code, token_id_of_label_key
 
 Update = dict[Component, Any]  # an event's update: new values by component
@@ -71,6 +73,8 @@ def append(ui: ChatUI, session: ChatSession, settings: ChatSettings, token_id: i
         step = session.turn.step(settings.top_k, token_id=token_id, sampling=settings.sampling)
     except ChatError as error:
         return refused(ui, session, settings, error)
+    except RunStopped:  # cancelled while it waited (a serving engine): the event that stopped it shows the chat
+        return gr.skip()
     return ui.show(render(session, settings, chat_note(step, session.turn)))
 
 
@@ -115,15 +119,19 @@ def on_pick(ui: ChatUI, lm_for: ModelFor, values: dict[Component, Any], event: g
 
 # A generator resumed on other threads (see tokstep.core.run_loop): its renders run passes too.
 @torch.inference_mode()
-def on_autorun(ui: ChatUI, lm_for: ModelFor, values: dict[Component, Any]) -> Iterator[Update]:
+def on_autorun(
+    ui: ChatUI, lm_for: ModelFor, tab_runs: TabRuns, values: dict[Component, Any], request: gr.Request
+) -> Iterator[Update]:
     """Write the reply token by token, a pause apart, until the turn is over or Auto-run has written
-    its tokens: the page's run loop, stepping the turn (which refuses to write past its end)."""
+    its tokens: the page's run loop, stepping the turn (which refuses to write past its end). A
+    closed tab stops it (`tab_runs`)."""
     settings = ChatSettings.from_inputs(values)
     session = session_for(ui, lm_for, values)
     turn = session.turn
     if turn is None or turn.over:
         yield append(ui, session, settings)  # says why nothing can be written
         return
+    tab_runs.note(request, turn.stepper)
     run = settings.autorun
     steps = run_steps(
         turn.stepper, run.tokens, settings.top_k, settings.sampling,

@@ -31,6 +31,7 @@ from tokstep.web import chat_handlers as chat
 from tokstep.web.bind import bind
 from tokstep.web.chat_layout import ChatUI, buttons, conversation, reply_view, settings_accordion
 from tokstep.web.constants import STATE_TTL_S
+from tokstep.web.tab_runs import TabRuns
 
 __all__ = ["ModelSwitch", "add_chat"]
 
@@ -50,13 +51,15 @@ def add_chat(
     *,
     autorun_workers: int = 32,
     switch: ModelSwitch = ModelSwitch(),  # noqa: B008 (frozen, so sharing the default is safe)
+    tab_runs: TabRuns | None = None,
 ) -> None:
     """Build the chat section inside the current `gr.Blocks`.
 
     `model_choice` holds the session's model name (a dropdown or a gr.State); `lm_for(name)`
     gives that model. `autorun_workers`: Auto-runs at once (they mostly pause between tokens).
     `switch`: when the tab's model has no chat template, the section says so before anyone types
-    and offers a button that switches the page to the first chat model on its list.
+    and offers a button that switches the page to the first chat model on its list. `tab_runs`:
+    where the page notes what each tab steps, so a closed tab's Auto-run stops (the page's own).
     """
     state = gr.State(None, time_to_live=STATE_TTL_S)  # first, as on the main page
     with gr.Column(elem_id="chat"):
@@ -64,7 +67,7 @@ def add_chat(
             offer = gr.Markdown(elem_id="chat-no-template")
             switch_button = gr.Button("Switch", variant="primary", visible=False, elem_id="chat-switch")
         ui = ChatUI(state, model_choice, conversation(), buttons(), reply_view(), settings_accordion())
-    wire_chat(ui, lm_for, autorun_workers)
+    wire_chat(ui, lm_for, autorun_workers, tab_runs if tab_runs is not None else TabRuns())
     wire_offer(model_choice, lm_for, switch, offer_row, offer, switch_button)
 
 
@@ -116,7 +119,7 @@ def wire_offer(
         button.click(switch_model, inputs=model_choice, outputs=switch.dropdown, **hidden)
 
 
-def wire_chat(ui: ChatUI, lm_for: Callable[[Any], LanguageModel], autorun_workers: int) -> None:
+def wire_chat(ui: ChatUI, lm_for: Callable[[Any], LanguageModel], autorun_workers: int, tab_runs: TabRuns) -> None:
     """Every event of the chat section, each to its handler; the named ones are callable by API
     clients (undocumented), as tokstep.web.page's events."""
     parts = (ui, lm_for)  # what every handler is bound to
@@ -127,7 +130,7 @@ def wire_chat(ui: ChatUI, lm_for: Callable[[Any], LanguageModel], autorun_worker
     private = {**raw, "api_visibility": "private"}
 
     autorun_event = press.autorun.click(
-        bind(chat.on_autorun, *parts), inputs=inputs, outputs=view, api_name="chat_autorun",
+        bind(chat.on_autorun, *parts, tab_runs), inputs=inputs, outputs=view, api_name="chat_autorun",
         concurrency_limit=autorun_workers, **api,
     )  # fmt: skip
     step_event = press.step.click(bind(chat.on_step, *parts), inputs=inputs, outputs=view, api_name="chat_step", **api)

@@ -12,8 +12,9 @@ from dataclasses import replace
 from typing import Any, NamedTuple
 
 from tokstep.core.chat import NO_TEMPLATE_MESSAGE, ChatSession, ChatTurn, Message, TokenKind, has_chat_template
-from tokstep.core.stepper import Step
+from tokstep.core.stepper import RunStopped, Step
 from tokstep.core.tokens import visible_whitespace
+from tokstep.runtimes.engine import EngineError
 from tokstep.web.assets import PROMPT_COLOR
 from tokstep.web.settings import ChatSettings
 from tokstep.web.views import chips_update, generated_chip, inline_code, label_key, step_note
@@ -99,13 +100,20 @@ def render(session: ChatSession, settings: ChatSettings, note: str = "") -> Chat
         elif turn.context_full:
             lines.append("The model's context is full: Clear the chat to start again.")
         else:
-            candidates, rest = stepper.next_top(settings.top_k)
+            try:
+                candidates, _ = stepper.next_top(settings.top_k)
+            except EngineError as error:  # the chat so far is all here, and the next Step asks again
+                candidates = []
+                lines.append(f"⚠️ **{error.title}:** {error}")
+            except RunStopped:  # a Stop cancelled the engine's request for it; the next view asks again
+                candidates = []
             top = {label_key(c.token_id, c.token): c.prob for c in candidates}
-            best = candidates[0]
-            lines.append(
-                f"Most likely next token: {inline_code(visible_whitespace(best.token))} (id {best.token_id}) "
-                f"with {best.prob:.1%}."
-            )
+            if candidates:
+                best = candidates[0]
+                lines.append(
+                    f"Most likely next token: {inline_code(visible_whitespace(best.token))} (id {best.token_id}) "
+                    f"with {best.prob:.1%}."
+                )
     if note and note.removeprefix("⚠️ ") not in lines[0]:  # the no-template line says it already
         lines.append(note)
     return ChatView(session, session.history(), top, token_chips(turn, settings.show_template), "\n\n".join(lines))

@@ -143,7 +143,7 @@ def create_demo(
         with gr.Accordion("Chat mode: step through a chat model's reply", open=False, elem_id="chat-mode"):
             add_chat(
                 session.model_choice, context.lm_for, autorun_workers=limits.autorun_workers,
-                switch=ModelSwitch(model, chat_models(cache)),
+                switch=ModelSwitch(model, chat_models(cache)), tab_runs=context.tab_runs,
             )  # fmt: skip
         # Choosing an example changes the prompt box, which starts over (the prompt's change event).
         examples = gr.Examples(
@@ -212,6 +212,8 @@ def wire_page(demo: gr.Blocks, ui: PageUI, context: PageContext, limits: ServerL
         outputs=[*view, controls.prompt, *ui.settings.sampling, ui.view.legend, session.model_choice, controls.model],
         **private,
     )  # fmt: skip
+    # A closed tab stops its runs at once: a step waiting for a serving engine is cancelled.
+    demo.unload(bind(handlers.on_tab_closed, context))
     # Choosing a model loads it (the status says so) and starts over from the prompt box.
     # `change` fires once per choice, by mouse or keyboard (in Gradio 6.31 `input` fires twice and
     # `select` misses the keyboard). When the page sets the dropdown itself (back after a failed load,

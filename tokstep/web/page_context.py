@@ -1,14 +1,16 @@
-"""`PageContext`: what the page's events share besides their inputs (the models on offer, and the
-folder exports go to). One per page, made by `create_demo` and bound to every handler."""
+"""`PageContext`: what the page's events share besides their inputs (the models on offer, the
+folder exports go to, and what each open tab is stepping). One per page, made by `create_demo` and
+bound to every handler."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from tokstep.core.model import LanguageModel
 from tokstep.web.api import model_or_error
 from tokstep.web.model_choice import ModelCache
+from tokstep.web.tab_runs import TabRuns
 
 
 @dataclass(frozen=True)
@@ -17,6 +19,7 @@ class PageContext:
     # Whether the page was given a model list: then a run file switches to its own model (or is refused).
     offers_choice: bool
     export_folder: Path  # where "Export run" writes its files
+    tab_runs: TabRuns = field(default_factory=TabRuns)  # what each open tab steps: a closed tab's runs stop
 
     @property
     def default_model(self) -> str:

@@ -21,7 +21,7 @@ from gradio.components import Component
 
 from tokstep.core.model import LanguageModel, ModelLoadError
 from tokstep.core.run_loop import run_steps
-from tokstep.core.stepper import STOP_REASON_TEXT, PromptError, TokenStepper, context_full_message
+from tokstep.core.stepper import STOP_REASON_TEXT, PromptError, RunStopped, TokenStepper, context_full_message
 from tokstep.core.tokens import visible_whitespace
 from tokstep.web.api import new_stepper
 from tokstep.web.checks import user_error, warn
@@ -118,19 +118,35 @@ def end_of_text_note(stepper: TokenStepper) -> str:
     )
 
 
-def on_step(ui: PageUI, context: PageContext, values: dict[Component, Any]) -> Update:
+def on_step(ui: PageUI, context: PageContext, values: dict[Component, Any], request: gr.Request) -> Update:
     """Step; at the end of the text it stops and says so (a moment to look, not to write on)."""
     settings = PageSettings.from_inputs(values)
-    stepper = tab_stepper(ui, context, values)
+    stepper = context.tab_runs.note(request, tab_stepper(ui, context, values))
     if at_end_of_text(stepper):
         return ui.show(render(stepper, settings, end_of_text_note(stepper)))
-    return ui.show(append(stepper, settings))
+    return shown_unless_stopped(ui, stepper, settings)
 
 
-def on_continue(ui: PageUI, context: PageContext, values: dict[Component, Any]) -> Update:
+def on_continue(ui: PageUI, context: PageContext, values: dict[Component, Any], request: gr.Request) -> Update:
     """Continue past the end: one Step whatever the last token is."""
     settings = PageSettings.from_inputs(values)
-    return ui.show(append(tab_stepper(ui, context, values), settings))
+    return shown_unless_stopped(ui, context.tab_runs.note(request, tab_stepper(ui, context, values)), settings)
+
+
+def shown_unless_stopped(
+    ui: PageUI, stepper: TokenStepper, settings: PageSettings, token_id: int | None = None
+) -> Update:
+    """One step, shown; none when a Stop, an Undo or a pick cancelled it while it waited for its
+    pass (a serving engine's request): that event shows the sequence."""
+    try:
+        return ui.show(append(stepper, settings, token_id))
+    except RunStopped:
+        return gr.skip()
+
+
+def on_tab_closed(context: PageContext, request: gr.Request) -> None:
+    """A closed tab: its runs stop now, and a request of theirs in flight is cancelled."""
+    context.tab_runs.stop(request)
 
 
 def run_buttons(ui: PageUI, left: int | None) -> Update:
@@ -146,11 +162,12 @@ def run_buttons(ui: PageUI, left: int | None) -> Update:
     return {controls.autorun: gr.Button(value=running, interactive=False), controls.step: gr.Button(interactive=False)}
 
 
-def on_autorun(ui: PageUI, context: PageContext, values: dict[Component, Any]) -> Iterator[Update]:
+def on_autorun(ui: PageUI, context: PageContext, values: dict[Component, Any], request: gr.Request) -> Iterator[Update]:
     run = AutoRun.from_inputs(values)
     settings = PageSettings.from_inputs(values)
+    stepper = context.tab_runs.note(request, tab_stepper(ui, context, values))
     idle = False
-    for written, shown in enumerate(autorun(tab_stepper(ui, context, values), settings, run.tokens, run.pause_s), 1):
+    for written, shown in enumerate(autorun(stepper, settings, run.tokens, run.pause_s), 1):
         # The run's last step says why it stopped: the buttons come back with it, in the same update.
         steps = shown.state.steps if shown.state is not None else []
         idle = written >= run.tokens or (bool(steps) and steps[-1].stop_reason is not None)
@@ -218,7 +235,7 @@ def on_pick(ui: PageUI, context: PageContext, values: dict[Component, Any], even
     stepper.stop_runs()  # a pick cancels Auto-run: none of its steps may land after the pick
     if token_id is None:
         return ui.show(render(stepper, settings))
-    return ui.show(append(stepper, settings, token_id=token_id))
+    return shown_unless_stopped(ui, stepper, settings, token_id)
 
 
 def on_model(ui: PageUI, context: PageContext, values: dict[Component, Any]) -> Iterator[Update]:

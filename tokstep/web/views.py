@@ -16,6 +16,7 @@ import gradio as gr
 
 from tokstep.core.stepper import (
     STOP_REASON_TEXT,
+    RunStopped,
     Step,
     TokenProb,
     TokenStepper,
@@ -197,6 +198,8 @@ def render(stepper: TokenStepper | None, settings: PageSettings, note: str = "")
             # all here, and the next Step asks again.
             top, rest, sampler = [], 1.0, None
             lines.append(f"⚠️ **{error.title}:** {error}")
+        except RunStopped:  # a Stop cancelled the engine's request for it; the next view asks again
+            top, rest, sampler = [], 1.0, None
     if top:
         best = top[0]
         lines.append(
