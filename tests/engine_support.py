@@ -126,6 +126,7 @@ class EngineDouble:
         self.hang_s = 3.0
         self.requests = 0  # completions asked for, faults included
         self.abandoned = 0  # requests whose client went away while they hung
+        self.prompts: list[list[int]] = []  # each completion's prompt ids, in order
         # In "hang" mode, completions numbered hang_after + 1 .. hang_last hang (None: all that follow).
         self.hang_after, self.hang_last = 0, None
         self.port = free_port()
@@ -170,6 +171,8 @@ class EngineDouble:
         path = handler.path
         if path.endswith("/completions"):
             self.requests += 1
+            with contextlib.suppress(ValueError, TypeError, KeyError):
+                self.prompts.append(list(json.loads(body)["prompt"]))
         mode = self.mode
         if mode == "close":
             handler.close_connection = True
@@ -222,6 +225,11 @@ class EngineDouble:
             handler.end_headers()
             handler.wfile.write(data)
 
+    @property
+    def greedy_id(self) -> int:
+        """The token it answers as the most likely, after any prompt (rank 1 of `_answer`'s order)."""
+        return 11 % self.vocab_size
+
     def _answer(self, path: str, request: dict | None) -> tuple[int, dict]:
         """A fixed distribution (the token of rank r has weight 1 / r**1.5), shaped as vLLM answers."""
         if path.endswith("/models"):
@@ -232,7 +240,7 @@ class EngineDouble:
             return 400, {"error": {"message": f"Token id {bad} is out of vocabulary", "code": 400}}
         k = request.get("logprobs") or 1
         # Rank r is token 7r + 11 (mod V): no ties, and the end-of-text token 0 is far down.
-        order = [(7 * r + 11) % self.vocab_size for r in range(self.vocab_size)]
+        order = [(7 * r + self.greedy_id) % self.vocab_size for r in range(self.vocab_size)]
         weights = [0.0] * self.vocab_size
         for r, i in enumerate(order):
             weights[i] = 1.0 / (r + 1) ** 1.5

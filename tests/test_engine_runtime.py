@@ -14,6 +14,7 @@ import torch
 from engine_support import EngineDouble, free_port
 
 import tokstep
+from tokstep.core.chat import ChatSession, conversation_ids
 from tokstep.core.distribution import TensorSampler, entropy_bits, logits_to_probs
 from tokstep.core.loading import load_without_weights
 from tokstep.core.run_loop import run_steps
@@ -347,3 +348,25 @@ def test_sampling_through_the_engine_names_its_sampler_and_repeats(double):
     stepper.undo()
     again = stepper.step(sampling=settings)
     assert again.token_id == steps[-1].token_id
+
+
+@pytest.mark.skipif("tinystories-chat" not in tokstep.bundled_models(), reason="needs the bundled chat model")
+def test_a_chat_turn_steps_through_the_engine_which_sees_only_the_templates_ids():
+    local = load_without_weights("tinystories-chat")
+    double = EngineDouble(tokenizer=local.tokenizer, vocab_size=local.vocab_size, name="tinystories-chat")
+    try:
+        lm = EngineRuntime(double.url).serve(local)
+        session = ChatSession(lm)
+        turn = session.send("Tell me a story.")
+        template_ids = conversation_ids(local.tokenizer, [{"role": "user", "content": "Tell me a story."}])
+        assert turn.stepper.ids == template_ids  # the template is applied here, by the local tokenizer
+        steps = [turn.step() for _ in range(3)]
+        assert [s.token_id for s in steps] == [double.greedy_id] * 3
+        assert double.prompts[-1] == [*template_ids, *[double.greedy_id] * 2]  # ids only, as tokstep read them
+        end = local.tokenizer.convert_tokens_to_ids("<|im_end|>")  # what the template writes after a reply
+        assert end in turn.end_ids
+        ended = turn.step(token_id=end)  # a pick outside the engine's top tokens: its rank asked for
+        assert ended.rank > 20 and turn.ended_by_model and turn.over
+        assert session.history()[-1]["role"] == "assistant"
+    finally:
+        double.close()
