@@ -1,23 +1,38 @@
-"""A class at once: 10, 30 and 60 clients each ask `/generate` for 32 tokens at the same moment.
+"""A class at once, on every serving path side by side, and a class under one client's flood.
 
 The server is the app as deployed (`create_demo(lm)` with LAUNCH_OPTIONS and default limits) in a
 process of its own (`bench.serve_for_bench`), on GPT-2-small shape (random weights: GPT-2's
-compute). Each client is a session of its own that speaks Gradio's queue protocol as the page
-does (`bench.sse_client`: join, then read the server-sent events), all in one asyncio loop and
-released at the same moment; `--client gradio_client` uses a `gradio_client.Client` per client
-instead, in a thread each (heavier on the shared CPU, and its reader polls every 50 ms, which
-shows in the gaps). `--client page` makes each client a page pressing Auto-run instead (the
-page's `/autorun` event, at `--speed` tokens per second, the page's default 3): what a class of
-students in browser tabs asks of the server, each update a whole page view (token chips, top-k,
-status, tables, text) rather than /generate's small JSON. Issue 6's targets are for /generate
-at full speed; for page clients the script reports the gaps against the page's pace instead.
-Per client: time to the first token,
-the times between tokens, time to the 32nd token. Reported, median over repetitions:
+compute). It trusts X-Forwarded-For, as behind a Space's proxy, and every simulated client sends
+an address of its own, so the fair share per client applies to each as to a student.
+
+By default, in one run (alternated within each repetition, so a change in the machine's load hits
+every path alike), 10, 30 and 60 clients each ask for 32 tokens at the same moment:
+
+  engine         tokstep's engine alone: a thread per client stepping the model in this process
+                 (the batched runtime, top-k 5, as /generate steps it), no server
+  stream         the server's plain server-sent events route (POST /stream/generate)
+  sse            the server's /generate through Gradio's queue, spoken as the page's own script
+                 speaks it (`bench.sse_client`: join, then read the server-sent events; no polling)
+  gradio_client  the same /generate through `gradio_client.Client`, a thread each (heavier on the
+                 shared CPU, and its reader polls every 50 ms, which shows in the gaps)
+
+with each path's wall time and p95 gap as ratios to the engine alone, and issue 22's targets for
+the plain route. Then the flood: 30 clients (each 32 tokens) alone, and the same class starting
+while one client keeps 80 /generate streams of 900 tokens going (from one address, a second
+ahead), with the class's time to first token, how many of the flood's streams were refused and
+with what message, and the server's RSS before and after.
+
+`--client X` runs the older single-path table instead: `sse`, `stream`, `gradio_client`, or `page`
+(each client a page pressing Auto-run: the page's `/autorun` event at `--speed` tokens per second,
+the page's default 3; what a class of students in browser tabs asks of the server, each update a
+whole page view), with issue 6's targets. Per client: time to the first token, the times between
+tokens, time to the 32nd token. Reported, median over repetitions:
 
   TTFT p50/p95       time to first token, across clients
   gap p50/p95        time between consecutive tokens, all clients' gaps pooled
   t32 p50/p95        time to the last (32nd) token, across the clients that got all of them
-  tok/s              all tokens received / time from the start to the last token
+  wall               from the release to the last token any client received
+  tok/s              all tokens received / wall
   mean batch         requests the server's forward passes answered during the level / passes
   pass ms            the server's mean wall time per forward pass during the level
   refused / failed   "Queue is full" is a graceful refusal; anything else (an exception, a
@@ -28,12 +43,12 @@ the times between tokens, time to the 32nd token. Reported, median over repetiti
 then the memory one idle session holds: the server's RSS growth over N sessions that each made
 one short call, divided by N (API sessions via /generate; page sessions via the page's own
 /reset event, as a browser tab makes them), after 64 such sessions that are not measured (they
-push the levels' sequences, whose KV caches the server keeps warm, out first). Targets of
-issue 6 are checked at the end.
+push the levels' sequences, whose KV caches the server keeps warm, out first).
 
-    python -m bench.classroom              # 10, 30, 60 clients, 3 repetitions (about 15 minutes on 2 cores)
+    python -m bench.classroom              # every path at 10, 30, 60 clients, 3 repetitions, and the flood
     python -m bench.classroom --quick      # 1 repetition
     python -m bench.classroom --smoke      # 3 clients, 8 tokens, the bundled model (the test suite's)
+    python -m bench.classroom --client sse                # the single-path table, issue 6's targets
     python -m bench.classroom --client page --levels 30   # 30 page Auto-runs at the page's default speed
 """
 
@@ -41,6 +56,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import signal
 import sys
@@ -54,11 +70,14 @@ from typing import Any
 
 import httpx
 
+import tokstep
 from bench.common import (
     BUNDLED,
     GPT2_SMALL_SHAPE,
     BenchServer,
     bench_server,
+    build_model,
+    client_address,
     fmt,
     machine_line,
     median,
@@ -69,10 +88,13 @@ from bench.common import (
     verdict,
 )
 from bench.sse_client import fn_index, greedy_arguments, stream_outputs
+from tokstep.core.model import LanguageModel
 from tokstep.core.stepper import STOP_REASON_TEXT
 from tokstep.runtimes.warm_set import DEFAULT_WARM_SEQUENCES
+from tokstep.web.api import API_TOP_K
 from tokstep.web.constants import DEFAULT_SPEED
 from tokstep.web.settings import page_arguments
+from tokstep.web.stream_route import PATH as STREAM_PATH
 from tokstep.web.views import VIEW_OUTPUTS
 
 LEVELS = (10, 30, 60)
@@ -143,6 +165,8 @@ class LevelResult:
             "last_p50": percentile(last, 50),
             "last_p95": percentile(last, 95),
             "tok_s": received / (end - start) if end > start else float("nan"),
+            "wall": end - start,  # from the release to the last token anyone received
+            "min_updates": min((len(r.arrivals) for r in self.results), default=0),
             "ok": outcomes.count("ok"),
             "refused": outcomes.count("refused"),
             "failed": outcomes.count("failed"),
@@ -154,10 +178,11 @@ class LevelResult:
         }
 
 
-def new_client(url: str):  # -> gradio_client.Client
+def new_client(url: str, address: str | None = None):  # -> gradio_client.Client
     from gradio_client import Client
 
-    return Client(url, verbose=False, analytics_enabled=False)
+    headers = {"X-Forwarded-For": address} if address else None
+    return Client(url, verbose=False, analytics_enabled=False, headers=headers)
 
 
 def one_client(client, barrier: threading.Barrier, tokens: int, result: ClientResult) -> None:
@@ -215,18 +240,92 @@ async def one_sse_client(
         result.error = f"{type(error).__name__}: {error}"
 
 
+async def one_stream_client(
+    http: httpx.AsyncClient, url: str, body: dict[str, Any], start: asyncio.Event, result: ClientResult
+) -> None:
+    """A client of the plain server-sent events route (tokstep.web.stream_route): one POST, then
+    one `data:` line per token."""
+    await start.wait()
+    result.started = time.perf_counter()
+    try:
+        async with http.stream("POST", f"{url.rstrip('/')}{STREAM_PATH}", json=body) as response:
+            if response.status_code != 200:
+                answer = json.loads(await response.aread())
+                result.error = f"HTTP {response.status_code}: {answer.get('error')}"
+                return
+            event = None
+            async for line in response.aiter_lines():
+                if line.startswith("event:"):
+                    event = line[6:].strip()
+                elif line.startswith("data:"):
+                    data = json.loads(line[5:])
+                    if event is None:
+                        result.arrivals.append(time.perf_counter())
+                        result.stop_reason = data.get("stop_reason")
+                    elif event == "error":
+                        result.error = str(data.get("error"))
+                    event = None
+    except Exception as error:  # a dropped connection, a refusal: all are outcomes
+        result.error = f"{type(error).__name__}: {error}"
+
+
 def run_sse_clients(url: str, request: Request, results: list[ClientResult], deadline_s: float) -> None:
-    """Every client at the same moment, in one asyncio loop; a client still going at the deadline fails."""
+    """Gradio's queue clients, as the page speaks it (bench.sse_client), all released at once."""
     event = fn_index(url, request.api_name)
+    run_async_clients(
+        lambda http, start, result: one_sse_client(http, url, event, request, start, result), results, deadline_s
+    )
+
+
+def run_stream_clients(url: str, tokens: int, results: list[ClientResult], deadline_s: float) -> None:
+    """Clients of the plain server-sent events route, all released at once."""
+    body = {"prompt": PROMPT, "max_new_tokens": tokens}
+    run_async_clients(
+        lambda http, start, result: one_stream_client(http, url, body, start, result), results, deadline_s
+    )
+
+
+def run_engine_alone(lm: LanguageModel, tokens: int, results: list[ClientResult], deadline_s: float) -> None:
+    """No server: a thread per client stepping the model in this process, as /generate steps it
+    (the batched runtime, top-k 5), released by a barrier. What a serving path adds is measured
+    against this."""
+    barrier = threading.Barrier(len(results))
+
+    def one(result: ClientResult) -> None:
+        barrier.wait()
+        result.started = time.perf_counter()
+        try:
+            for step in tokstep.generate_steps(lm, PROMPT, max_new_tokens=tokens, top_k=API_TOP_K):
+                result.arrivals.append(time.perf_counter())
+                result.stop_reason = step.stop_reason
+        except Exception as error:  # noqa: BLE001 - every failure is an outcome
+            result.error = f"{type(error).__name__}: {error}"
+
+    threads = [threading.Thread(target=one, args=(result,), daemon=True) for result in results]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + deadline_s
+    for thread, result in zip(threads, results, strict=True):
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        if thread.is_alive() and result.error is None:
+            result.error = f"still waiting after {deadline_s:.0f} s"
+
+
+ClientTask = Callable[[httpx.AsyncClient, asyncio.Event, ClientResult], Any]
+
+
+def run_async_clients(client: ClientTask, results: list[ClientResult], deadline_s: float) -> None:
+    """Every client at the same moment, in one asyncio loop; a client still going at the deadline fails."""
 
     async def level() -> None:
         start = asyncio.Event()
         # A connection pool per client, as each student's browser has its own.
-        https = [httpx.AsyncClient(timeout=httpx.Timeout(deadline_s)) for _ in results]
-        tasks = [
-            asyncio.create_task(one_sse_client(http, url, event, request, start, result))
-            for http, result in zip(https, results, strict=True)
+        # Each from an address of its own, as students are (the bench server trusts X-Forwarded-For).
+        https = [
+            httpx.AsyncClient(timeout=httpx.Timeout(deadline_s), headers={"X-Forwarded-For": client_address(i)})
+            for i in range(len(results))
         ]
+        tasks = [asyncio.create_task(client(http, start, result)) for http, result in zip(https, results, strict=True)]
         start.set()
         done, pending = await asyncio.wait(tasks, timeout=deadline_s)
         for task, result in zip(tasks, results, strict=True):
@@ -244,7 +343,7 @@ def run_gradio_clients(url: str, results: list[ClientResult], tokens: int, deadl
     """A thread per client, each with its own gradio_client.Client, released by a barrier."""
     # Clients connect (config, API info, heartbeat) before the barrier: only the requests are timed.
     with ThreadPoolExecutor(max_workers=8) as pool:
-        clients = list(pool.map(lambda _: new_client(url), range(len(results))))
+        clients = list(pool.map(lambda i: new_client(url, client_address(i)), range(len(results))))
     barrier = threading.Barrier(len(results))
     threads = [
         threading.Thread(target=one_client, args=(client, barrier, tokens, result), daemon=True)
@@ -275,6 +374,8 @@ def run_level(
     results = [ClientResult() for _ in range(n_clients)]
     if client == "gradio_client":
         run_gradio_clients(server.url, results, tokens, deadline_s)
+    elif client == "stream":
+        run_stream_clients(server.url, tokens, results, deadline_s)
     else:
         request = page_autorun_request(tokens, speed) if client == "page" else generate_request(tokens)
         run_sse_clients(server.url, request, results, deadline_s)
@@ -299,6 +400,222 @@ def run_level(
         served=int(after["served"] - before["served"]),
         pass_seconds=after["pass_seconds"] - before["pass_seconds"],
     )
+
+
+# The serving paths `--compare` measures side by side, in this order within each repetition.
+PATHS = {
+    "engine": "tokstep's engine alone (threads in this process, no server)",
+    "stream": f"the server, plain server-sent events ({STREAM_PATH})",
+    "sse": "the server, Gradio's queue as the page speaks it (/generate)",
+    "gradio_client": "the server, gradio_client (/generate)",
+}
+# Issue 22's targets for the plain route against the engine alone.
+WALL_RATIO_TARGET, GAP_RATIO_TARGET = 1.2, 1.5
+
+
+def run_path(
+    path: str, lm: LanguageModel, server: BenchServer, n_clients: int, tokens: int, deadline_s: float
+) -> dict[str, float]:
+    """One level on one serving path: the clients' stats."""
+    if path != "engine":
+        return run_level(server, n_clients, tokens, deadline_s, path).stats(tokens)
+    results = [ClientResult() for _ in range(n_clients)]
+    run_engine_alone(lm, tokens, results, deadline_s)
+    return LevelResult(n_clients, results, float("nan"), float("nan"), float("nan")).stats(tokens)
+
+
+# The flood: one client (one address) keeps this many /generate streams of this many tokens going,
+# started this long before a class of FLOOD_CLASS clients; issue 22's targets for the class.
+FLOOD_STREAMS, FLOOD_TOKENS, FLOOD_HEAD_START_S = 80, 900, 1.0
+FLOOD_ADDRESS = "192.0.2.1"  # one address for all of the flood (a documentation range: no student's)
+FLOOD_CLASS = 30
+FLOOD_TTFT_TARGET_S, FLOOD_TTFT_RATIO_TARGET = 2.0, 2.0
+
+
+@dataclass
+class FloodResult:
+    alone: dict[str, float]  # the class's stats without the flood
+    flooded: dict[str, float]  # the class's stats while the flood runs
+    flood: list[ClientResult]  # the flood's streams
+    rss_before_mib: float
+    rss_after_mib: float
+
+    def refusals(self) -> Counter[str]:
+        return Counter((r.error or "")[:160] for r in self.flood if r.error and not r.arrivals)
+
+
+def run_class_under_flood(
+    server: BenchServer, class_size: int, tokens: int, streams: int, stream_tokens: int, deadline_s: float
+) -> tuple[list[ClientResult], list[ClientResult]]:
+    """`streams` /generate streams from FLOOD_ADDRESS, then (FLOOD_HEAD_START_S later) a class of
+    `class_size` from addresses of their own; the flood is closed once the class is done."""
+    event = fn_index(server.url, "/generate")
+    class_request = generate_request(tokens)
+    flood_request = Request(
+        "/generate", greedy_arguments(PROMPT, stream_tokens), 0, lambda update: update.get("stop_reason")
+    )
+    students = [ClientResult() for _ in range(class_size)]
+    flood = [ClientResult() for _ in range(streams)]
+
+    async def scenario() -> None:
+        timeout = httpx.Timeout(deadline_s)
+        flooder = httpx.AsyncClient(
+            timeout=timeout, headers={"X-Forwarded-For": FLOOD_ADDRESS}, limits=httpx.Limits(max_connections=None)
+        )
+        https = [
+            httpx.AsyncClient(timeout=timeout, headers={"X-Forwarded-For": client_address(i)})
+            for i in range(class_size)
+        ]
+        flood_start, class_start = asyncio.Event(), asyncio.Event()
+        flood_tasks = [
+            asyncio.create_task(one_sse_client(flooder, server.url, event, flood_request, flood_start, result))
+            for result in flood
+        ]
+        flood_start.set()
+        await asyncio.sleep(FLOOD_HEAD_START_S)
+        class_tasks = [
+            asyncio.create_task(one_sse_client(http, server.url, event, class_request, class_start, result))
+            for http, result in zip(https, students, strict=True)
+        ]
+        class_start.set()
+        _, pending = await asyncio.wait(class_tasks, timeout=deadline_s)
+        for task, result in zip(class_tasks, students, strict=True):
+            if task in pending:
+                task.cancel()
+                result.error = f"still waiting after {deadline_s:.0f} s"
+        for task in flood_tasks:
+            task.cancel()  # the flood's streams close: the server ends their runs
+        await asyncio.gather(*class_tasks, *flood_tasks, return_exceptions=True)
+        for http in (flooder, *https):
+            await http.aclose()
+
+    asyncio.run(scenario())
+    return students, flood
+
+
+def run_flood(
+    server: BenchServer, class_size: int, tokens: int, streams: int, stream_tokens: int, deadline_s: float
+) -> FloodResult:
+    """The class alone, then the class under the flood, with the server's RSS around the flood."""
+    alone = run_level(server, class_size, tokens, deadline_s, "sse").stats(tokens)
+    before = server.status()["rss_mib"]
+    students, flood = run_class_under_flood(server, class_size, tokens, streams, stream_tokens, deadline_s)
+    time.sleep(1.0)  # the server notices the closed streams
+    after = server.status()["rss_mib"]
+    flooded = LevelResult(class_size, students, float("nan"), before, after).stats(tokens)
+    return FloodResult(alone, flooded, flood, before, after)
+
+
+def report_flood(results: list[FloodResult], class_size: int, tokens: int, streams: int, stream_tokens: int) -> None:
+    print(
+        f"\nthe flood: one client keeps {streams} /generate streams of {stream_tokens} tokens going (one address,"
+        f" {FLOOD_HEAD_START_S:g} s ahead); a class of {class_size} asks for {tokens} tokens each"
+    )
+    alone_p95 = median([r.alone["ttft_p95"] for r in results])
+    flooded_p95 = median([r.flooded["ttft_p95"] for r in results])
+    served = min(int(r.flooded["ok"]) for r in results)
+    refused = median([float(sum(r.refusals().values())) for r in results])
+    streamed = median([float(sum(1 for f in r.flood if f.arrivals)) for r in results])
+    rows = [
+        ["class alone", fmt(median([r.alone["ttft_p50"] for r in results]), 2), fmt(alone_p95, 2),
+         fmt(median([r.alone["gap_p95"] for r in results]) * 1000, 0), str(int(min(r.alone["ok"] for r in results)))],
+        ["class under the flood", fmt(median([r.flooded["ttft_p50"] for r in results]), 2), fmt(flooded_p95, 2),
+         fmt(median([r.flooded["gap_p95"] for r in results]) * 1000, 0), str(served)],
+    ]  # fmt: skip
+    print_table(["", "TTFT p50 s", "TTFT p95 s", "gap p95 ms", f"served of {class_size}"], rows)
+    print(f"the flood's streams: {streamed:.0f} streamed, {refused:.0f} refused at once")
+    for message, count in results[-1].refusals().most_common(2):
+        print(f"  {count} x {message}")
+    before = median([r.rss_before_mib for r in results])
+    after = median([r.rss_after_mib for r in results])
+    print(f"server RSS before the flood {before:.0f} MiB, after it {after:.0f} MiB ({after - before:+.0f} MiB)")
+    told = all(any("retry" in message.lower() for message in r.refusals()) for r in results)
+    checks = [
+        ("every student is served", f"{served} of {class_size}", served == class_size),
+        (f"class TTFT p95 <= {FLOOD_TTFT_TARGET_S:g} s", f"{flooded_p95:.2f} s", flooded_p95 <= FLOOD_TTFT_TARGET_S),
+        (f"class TTFT p95 <= {FLOOD_TTFT_RATIO_TARGET:g} x alone", f"{flooded_p95 / alone_p95:.2f} x",
+         flooded_p95 <= FLOOD_TTFT_RATIO_TARGET * alone_p95),
+        ("the flood is told it is over its cap", f"{refused:.0f} refused", told),
+    ]  # fmt: skip
+    print("issue 22 targets under the flood:")
+    for name, value, ok in checks:
+        print(f"  {name:<36} {value:>14}  {verdict(ok)}")
+
+
+def compare_paths(args: argparse.Namespace, repeats: int) -> None:
+    """Every path of PATHS at each level, alternated within each repetition; medians and ratios."""
+    print(f"model {args.model}; each client asks for {args.tokens} tokens; {repeats} repetition(s), median")
+    for path, what in PATHS.items():
+        print(f"  {path:<14} {what}")
+    lm = build_model(args.model, args.device)  # the engine alone: the same weights as the server's
+    if args.torch_threads:
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+    measured: dict[tuple[int, str], list[dict[str, float]]] = {}
+    floods: list[FloodResult] = []
+    with bench_server(args.model, args.device, args.torch_threads) as server:
+        list(tokstep.generate_steps(lm, PROMPT, max_new_tokens=2))  # first passes, untimed
+        warm = new_client(server.url)
+        list(warm.submit(PROMPT, 2, api_name="/generate"))
+        warm.close()
+        for _ in range(repeats):
+            for n in args.levels:
+                for path in PATHS:
+                    stats = run_path(path, lm, server, n, args.tokens, args.deadline)
+                    measured.setdefault((n, path), []).append(stats)
+                    print(
+                        f"  {n} clients, {path}: wall {stats['wall']:.2f} s, {stats['tok_s']:.0f} tok/s,"
+                        f" gap p95 {stats['gap_p95'] * 1000:.0f} ms, TTFT p95 {stats['ttft_p95']:.2f} s,"
+                        f" {stats['ok']} ok, {stats['failed']} failed, fewest updates {stats['min_updates']}",
+                        flush=True,
+                    )
+            flood = run_flood(
+                server, args.flood_class, args.tokens, args.flood_streams, args.flood_tokens, args.deadline
+            )
+            floods.append(flood)
+            print(
+                f"  the flood: class TTFT p95 {flood.alone['ttft_p95']:.2f} s alone,"
+                f" {flood.flooded['ttft_p95']:.2f} s under it; {int(flood.flooded['ok'])} of {args.flood_class} served;"
+                f" {sum(flood.refusals().values())} of the flood's {args.flood_streams} refused",
+                flush=True,
+            )
+
+    def med(n: int, path: str, key: str) -> float:
+        return median([stats[key] for stats in measured[(n, path)]])
+
+    headers = ["clients", "path", "wall s", "tok/s", "TTFT p95 s", "gap p50 ms", "gap p95 ms",
+               "wall / engine", "gap p95 / engine", "ok", "failed", "fewest updates"]  # fmt: skip
+    rows = [
+        [
+            str(n), path, fmt(med(n, path, "wall"), 2), fmt(med(n, path, "tok_s")), fmt(med(n, path, "ttft_p95"), 2),
+            fmt(med(n, path, "gap_p50") * 1000, 0), fmt(med(n, path, "gap_p95") * 1000, 0),
+            fmt(med(n, path, "wall") / med(n, "engine", "wall"), 2),
+            fmt(med(n, path, "gap_p95") / med(n, "engine", "gap_p95"), 2),
+            str(int(sum(s["ok"] for s in measured[(n, path)]))),
+            str(int(sum(s["failed"] for s in measured[(n, path)]))),
+            str(int(min(s["min_updates"] for s in measured[(n, path)]))),
+        ]
+        for n in args.levels
+        for path in PATHS
+    ]  # fmt: skip
+    print()
+    print_table(headers, rows, markdown=args.markdown)
+    print(f"\nissue 22 targets, the plain route against the engine alone ({args.tokens} tokens each):")
+    for n in args.levels:
+        wall = med(n, "stream", "wall") / med(n, "engine", "wall")
+        gap = med(n, "stream", "gap_p95") / med(n, "engine", "gap_p95")
+        fewest = min(s["min_updates"] for s in measured[(n, "stream")])
+        errors = sum(s["failed"] + s["refused"] for s in measured[(n, "stream")])
+        checks = [
+            (f"wall <= {WALL_RATIO_TARGET:g} x the engine's", f"{wall:.2f} x", wall <= WALL_RATIO_TARGET),
+            (f"gap p95 <= {GAP_RATIO_TARGET:g} x the engine's", f"{gap:.2f} x", gap <= GAP_RATIO_TARGET),
+            (f"every client got {args.tokens} updates", f"fewest {fewest}", fewest >= args.tokens),
+            ("no errors", f"{errors}", errors == 0),
+        ]
+        for name, value, ok in checks:
+            print(f"  {n} clients: {name:<34} {value:>12}  {verdict(ok)}")
+    report_flood(floods, args.flood_class, args.tokens, args.flood_streams, args.flood_tokens)
 
 
 def idle_session_mib(server: BenchServer, sessions: int, warm_up: int) -> tuple[float | None, float | None, str]:
@@ -350,21 +667,28 @@ def main() -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: where tokstep.load puts it)")
     parser.add_argument("--torch-threads", type=int, default=None, help="torch threads in the server")
     parser.add_argument(
-        "--client", choices=("sse", "gradio_client", "page"), default="sse",
-        help="how clients talk to the server (see above)",
+        "--client", choices=("sse", "stream", "gradio_client", "page"), default=None,
+        help="one path only, the single-path table (see above); default: every path side by side, and the flood",
     )  # fmt: skip
     parser.add_argument(
         "--speed", type=float, default=DEFAULT_SPEED, help="with --client page: Auto-run's tokens per second"
     )
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    parser.add_argument("--flood-class", type=int, default=FLOOD_CLASS, help="the class under the flood")
+    parser.add_argument("--flood-streams", type=int, default=FLOOD_STREAMS, help="the flooding client's streams")
+    parser.add_argument("--flood-tokens", type=int, default=FLOOD_TOKENS, help="tokens each flood stream asks for")
     args = parser.parse_args()
     if args.smoke:
         args.levels, args.tokens, args.model, args.sessions, repeats = [3], 8, BUNDLED, 5, 1
+        args.flood_class, args.flood_streams, args.flood_tokens = 3, 8, 100
     else:
         repeats = 1 if args.quick else args.repeats
         args.sessions = 30 if args.quick else args.sessions
 
     print(machine_line())
+    if args.client is None:
+        compare_paths(args, repeats)
+        return
     asks = (
         f"presses the page's Auto-run for {args.tokens} tokens at {args.speed:g} tokens/s"
         if args.client == "page"

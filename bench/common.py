@@ -40,6 +40,17 @@ BUNDLED = "tinystories"
 # in this process and in the servers it starts.
 QUIET_ENV = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1"}
 os.environ.update(QUIET_ENV)
+# The bench server stands where a Space's proxy puts a tokstep server: it trusts X-Forwarded-For,
+# and the simulated clients each send an address of their own (`client_address`), so the fair
+# share per client applies to each student as it would to real ones (bench.classroom's flood sends
+# one address for all of one client's streams). /generate's ceiling is raised past the flood's
+# 900-token streams, so that it is the caps per client that meet them.
+BENCH_SERVER_ENV = {"TOKSTEP_TRUST_FORWARDED_FOR": "1", "TOKSTEP_MAX_API_TOKENS": "1000"}
+
+
+def client_address(index: int) -> str:
+    """The address simulated client `index` sends as its X-Forwarded-For (a private range)."""
+    return f"10.{(index >> 16) & 255}.{(index >> 8) & 255}.{index & 255}"
 
 
 # --- models -----------------------------------------------------------------------------
@@ -280,7 +291,7 @@ def bench_server(
     command = [sys.executable, "-m", "bench.serve_for_bench", "--model", model, "--port", str(port)]
     command += ["--status-file", str(status_file)] + (["--device", device] if device else [])
     command += ["--torch-threads", str(torch_threads)] if torch_threads else []
-    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **QUIET_ENV})
+    process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, **QUIET_ENV, **BENCH_SERVER_ENV})
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + timeout

@@ -43,7 +43,7 @@ FAILURES = ROOT / "test-artifacts" / "failures"
 # Markers, given by what a test uses (registered in pyproject.toml). `pytest -m "not slow"` is the
 # fast tier for daily work; the README's test command and .ci/run run everything.
 BROWSER_FIXTURES = {"browser", "tab", "page"}
-SERVER_FIXTURES = {"server_url", "bundled_server_url", "apps"}
+SERVER_FIXTURES = {"server_url", "bundled_server_url", "apps", "rest_url"}
 # Files whose tests each take seconds: real app processes, benchmark scripts, training, hundreds
 # of sessions, every architecture.
 SLOW_FILES = {
@@ -153,13 +153,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def serving(demo, **options) -> Iterator[str]:
-    """Launch `demo` on a free localhost port as the app does (LAUNCH_OPTIONS); yield its URL."""
+def serving(demo, port: int | None = None, **options) -> Iterator[str]:
+    """Launch `demo` on `port` (a free localhost port when None) as the app does (LAUNCH_OPTIONS);
+    yield its URL. A server started again on the same port is the same origin to a browser."""
     from tokstep.web.page import LAUNCH_OPTIONS
 
     launch_options = {**LAUNCH_OPTIONS, **options}
     demo.launch(
-        prevent_thread_lock=True, server_name="127.0.0.1", server_port=free_port(), quiet=True, **launch_options
+        prevent_thread_lock=True, server_name="127.0.0.1", server_port=port or free_port(), quiet=True, **launch_options
     )
     try:
         yield demo.local_url

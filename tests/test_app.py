@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pytest
 from conftest import free_port
+from gradio_client import Client
+from gradio_client.exceptions import AppError
 
 from tokstep.core.loading import bundled_models
 
@@ -71,7 +74,8 @@ def apps(tiny_model_dir: Path) -> Iterator[dict[str, AppRun]]:
     """The apps the tests below check, all started at once: each spends ~10 s importing torch,
     transformers and Gradio, and side by side they take about half as long as one after another."""
     runs = {
-        "model on the command line": start_app(["--model", str(tiny_model_dir)]),
+        # With a fair-share flag too: the one app start that checks the flags reach the page.
+        "model on the command line": start_app(["--model", str(tiny_model_dir), "--max-api-tokens", "3"]),
         "model from the environment": start_app([], env={"TOKSTEP_MODEL": str(tiny_model_dir)}),
         "explicit gpt2 offline": start_app(["--model", "gpt2"], env={"HF_HUB_OFFLINE": "1"}),
     }
@@ -106,6 +110,30 @@ def test_model_from_the_command_line_serves_the_page(apps, tiny_model_dir):
     assert str(tiny_model_dir) in config  # the page names the model it runs
     elem_ids = {c.get("props", {}).get("elem_id") for c in json.loads(config)["components"]}
     assert {"prompt", "tokens", "topk", "step", "autorun", "stop", "reset"} <= elem_ids
+
+
+def test_fair_share_flags_reach_the_page(apps):
+    run = apps["model on the command line"]
+    wait_for_page(run.process, run.url)
+    client = Client(run.url, verbose=False)
+    with pytest.raises(AppError, match=re.escape("max_new_tokens must be a whole number from 1 to 3 (the most")):
+        client.predict("Once upon a time", 4, api_name="/generate")
+    assert len(list(client.submit("Once upon a time", 3, api_name="/generate"))) == 3
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        ([], {"TOKSTEP_MAX_API_RUNS": "lots"}, "tokstep: TOKSTEP_MAX_API_RUNS must be a whole number (0: no limit)"),
+        ([], {"TOKSTEP_TRUST_FORWARDED_FOR": "maybe"}, "tokstep: TOKSTEP_TRUST_FORWARDED_FOR must be 1 or 0"),
+        (["--tokens-per-minute", "-5"], {}, "tokstep: --tokens-per-minute must be a whole number of 0 or more"),
+    ],
+)
+def test_a_bad_fair_share_setting_exits_with_one_clear_line(args, env, message):
+    result = run_app(args, env=env)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr
 
 
 def test_model_from_the_environment(apps, tiny_model_dir):

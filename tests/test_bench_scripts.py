@@ -22,6 +22,7 @@ import tokstep
 SCRIPTS = ("engine", "server", "classroom", "startup")
 # Each run, by name: the script and its arguments (a class of page Auto-runs besides /generate's).
 RUNS = {name: (name, ["--smoke"]) for name in SCRIPTS}
+RUNS["classroom-sse"] = ("classroom", ["--smoke", "--client", "sse"])
 RUNS["classroom-page"] = ("classroom", ["--smoke", "--client", "page"])
 TIMEOUT_S = 600  # a generous bound for a busy machine: a hang fails the test, slowness does not
 
@@ -89,8 +90,8 @@ def test_server_streams_the_engines_tokens(outputs):
 
 
 def test_classroom_serves_every_client(outputs):
-    check_ran(outputs["classroom"], "TTFT p95 s", "gap p95 ms", "memory per idle session")
-    clients, ok, refused, failed = table_row(outputs["classroom"].stdout, "3 ")[:4]
+    check_ran(outputs["classroom-sse"], "TTFT p95 s", "gap p95 ms", "memory per idle session")
+    clients, ok, refused, failed = table_row(outputs["classroom-sse"].stdout, "3 ")[:4]
     assert (clients, ok, refused, failed) == ("3", "3", "0", "0")
 
 
@@ -103,3 +104,22 @@ def test_a_class_of_page_auto_runs_keeps_the_pages_pace(outputs):
     check_ran(outputs["classroom-page"], "presses the page's Auto-run", "the page's pace at 3 tokens/s")
     clients, ok, refused, failed = table_row(outputs["classroom-page"].stdout, "3 ")[:4]
     assert (clients, ok, refused, failed) == ("3", "3", "0", "0")
+
+
+def test_classroom_compares_every_serving_path_with_the_engine_alone(outputs):
+    output = outputs["classroom"]
+    check_ran(output, "wall / engine", "gap p95 / engine", "issue 22 targets")
+    rows = [line.split() for line in output.stdout.splitlines() if line.startswith("3 ")]
+    paths = {row[1]: row for row in rows}
+    assert set(paths) == {"engine", "stream", "sse", "gradio_client"}
+    assert paths["engine"][7:9] == ["1.00", "1.00"]  # the engine against itself
+    assert all(row[9:12] == ["3", "0", "8"] for row in rows)  # 3 ok, 0 failed, every client got 8 updates
+
+
+def test_classroom_runs_the_flood_and_the_flooding_client_is_told_it_is_over_its_cap(outputs):
+    output = outputs["classroom"]
+    check_ran(output, "the flood: one client keeps 8 /generate streams", "server RSS before the flood")
+    assert table_row(output.stdout, "class under the flood")[-1] == "3"  # every student served
+    assert "Too many runs" in output.stdout and "retry" in output.stdout
+    served = next(line for line in output.stdout.splitlines() if "every student is served" in line)
+    assert served.split()[-4:] == ["3", "of", "3", "PASS"]

@@ -16,7 +16,11 @@ PROMPTS = [f"Story number {i}: the {word}" for i, word in enumerate(["cat", "dog
 
 def test_thirty_concurrent_sessions_each_get_their_own_tokens(server_url, tiny_lm):
     def session(prompt: str) -> tuple[list[int], list[int], list[int], list[int]]:
-        client = Client(server_url, verbose=False)
+        # Thirty students call from thirty addresses: /generate counts runs per address (at most 4 at
+        # once, tokstep.web.client_limits). Gradio's server takes the address from X-Forwarded-For
+        # when a proxy on this machine sends it (uvicorn's FORWARDED_ALLOW_IPS), as these clients do.
+        address = f"198.51.100.{PROMPTS.index(prompt) + 1}"
+        client = Client(server_url, verbose=False, headers={"X-Forwarded-For": address})
         client.predict(prompt, *SETTINGS, api_name="/reset")
         client.predict(prompt, *SETTINGS, api_name="/step")
         last = list(client.submit(prompt, 4, 20.0, *SETTINGS, api_name="/autorun"))[-1]

@@ -12,13 +12,17 @@ and `generate_steps`: no thread, no lock, no bound on the caches it keeps. A ser
 another runtime (`tokstep.runtimes`): the batched in-process one shares passes between
 sessions and may run a sequence's next pass ahead (`prefetch`) and bound the caches kept
 (`cache_kept`); the hooks below let it, and do nothing here.
+
+Who asks is a `SequenceKey`: the stepper, and the client it steps for (a server's page session or
+API caller; None in a notebook). Runtimes compare keys by stepper alone; one that shares its passes
+between clients (the batched runtime, when more sequences wait than fit in a pass) reads the client.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -37,6 +41,25 @@ class ForwardResult:
     cache: Cache | None
     summary: NextTokenSummary  # the next token's logits, full softmax, entropy, top tokens
     forward_ms: float  # wall time of the pass it was part of, summaries included
+
+
+@dataclass(frozen=True)
+class SequenceKey:
+    """Who asks for a pass: one stepper (`stepper`, its id) and the client it steps for.
+
+    Equal and hashed by `stepper` alone, so the key names the same sequence whoever it steps for.
+    `client` is any hashable the caller chooses (tokstep's web layer: a page session or an API
+    caller's address), or None: then the sequence counts as a client of its own."""
+
+    stepper: int
+    client: Hashable = field(default=None, compare=False)
+
+
+def client_of(sequence: Hashable) -> Hashable:
+    """The client a pass's `sequence` steps for: its key's client, or the sequence itself when it
+    names none (a key without a client, or any other hashable a caller passed)."""
+    client = getattr(sequence, "client", None)
+    return client if client is not None else sequence
 
 
 @dataclass(eq=False)

@@ -19,7 +19,7 @@ import math
 import operator
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
@@ -27,7 +27,7 @@ import torch
 from transformers.cache_utils import Cache
 
 from tokstep.core.distribution import Estimate, NextTokenSummary, Sampler, SamplerName
-from tokstep.core.forward import ForwardResult, PassCancelled, PendingPass
+from tokstep.core.forward import ForwardResult, PassCancelled, PendingPass, SequenceKey
 from tokstep.core.model import LanguageModel
 from tokstep.core.sampling import SamplingSettings
 from tokstep.core.tokens import tokenize
@@ -187,6 +187,10 @@ class TokenStepper:
         self._lock = threading.Lock()  # one step at a time per sequence
         self._prompt_scores: list[TokenScore] | None = None
         self._runs_stopped = 0  # how many times stop_runs was called: runs started before it end
+        # Whom this sequence steps for, as its caller names them (a server's page session or API
+        # caller); handed to the runtime with every pass (`sequence`), which may share its passes
+        # between clients by it. None: the sequence is a client of its own.
+        self.client: Hashable = None
 
     @classmethod
     def from_text(cls, lm: LanguageModel, prompt: str) -> TokenStepper:
@@ -194,6 +198,11 @@ class TokenStepper:
         if not isinstance(prompt, str) or not prompt.strip():
             raise PromptError("The prompt is empty. Type some text for the model to continue.")
         return cls(lm, tokenize(lm.tokenizer, prompt), prompt)
+
+    @property
+    def sequence(self) -> SequenceKey:
+        """How this stepper names itself to the model's Forward: itself, and the client it steps for."""
+        return SequenceKey(id(self), self.client)
 
     @property
     def generated_ids(self) -> list[int]:
@@ -232,7 +241,7 @@ class TokenStepper:
             if request is not None:
                 self._take(self.lm.forward.collect(request))
             else:
-                self._take(self.lm.forward.forward(*self._pending_pass(), sequence=id(self)))
+                self._take(self.lm.forward.forward(*self._pending_pass(), sequence=self.sequence))
         except PassCancelled:  # stop_runs cancelled the pass (a serving engine's request): nothing changed
             raise RunStopped("Stopped while the model read the sequence: nothing was appended.") from None
         return self._next
@@ -272,7 +281,7 @@ class TokenStepper:
         pending, or when the runtime does not run passes ahead (the direct call never does)."""
         with self._lock:
             if self._prefetched is None and not self._next_is_current:
-                self._prefetched = self.lm.forward.prefetch(*self._pending_pass(), sequence=id(self))
+                self._prefetched = self.lm.forward.prefetch(*self._pending_pass(), sequence=self.sequence)
 
     def drop_prefetch(self) -> None:
         """Withdraw a prefetched pass that no step will read (the run was stopped). A pass already
@@ -296,18 +305,18 @@ class TokenStepper:
         # A step in progress holds the lock while it waits for its pass: a runtime whose pass can
         # take seconds (a serving engine's request) cancels it, and refuses new ones, meanwhile.
         forward = self.lm.forward
-        forward.interrupt(id(self))
+        forward.interrupt(self.sequence)
         try:
             with self._lock:
                 self._runs_stopped += 1
         finally:
-            forward.resume(id(self))
+            forward.resume(self.sequence)
 
     def end_run(self) -> None:
         """A run of steps ended (finished or stopped): withdraw its prefetched pass, and tell the
         runtime not to expect this sequence back, so no pass waits for it."""
         self.drop_prefetch()
-        self.lm.forward.run_ended(id(self))
+        self.lm.forward.run_ended(self.sequence)
 
     def _drop_prefetch(self) -> None:
         request, self._prefetched = self._prefetched, None

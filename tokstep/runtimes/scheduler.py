@@ -10,6 +10,11 @@ pass of a model goes through its `ForwardBatcher`:
     queued request (up to `max_batch`), runs them, hands each its result, and wakes the
     others. Requests that arrive during a pass wait for the next one, so a lone user
     waits for nothing and a class fills the batches by itself.
+  - When more requests wait than fit in a pass, clients take turns (`in_turn`): one row per
+    client per round, the clients served least recently first, instead of arrival order. A
+    client is what a request's sequence key names (tokstep.core.forward.SequenceKey: a page
+    session, an API caller); so a client with 80 sequences waiting gets a row per round as a
+    client with one does, and cannot keep the others out of the passes.
   - A request queued ahead (`submit`, for a prefetch) with nobody waiting to lead is run by
     the batcher's runner thread, started by the first such request.
 
@@ -29,14 +34,14 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import torch
 from transformers import PreTrainedModel
 from transformers.cache_utils import Cache
 
-from tokstep.core.forward import ForwardResult, PendingPass, model_device
+from tokstep.core.forward import ForwardResult, PendingPass, client_of, model_device
 from tokstep.runtimes import kv_layout
 from tokstep.runtimes.counters import PassCounters
 from tokstep.runtimes.kv_layout import BatchLayout, chunks, is_batchable
@@ -56,6 +61,29 @@ GATHER_FRACTION, MAX_GATHER_S = 0.5, 0.25
 # ms (Gradio starts its events one after another), and the first prompt should not be read
 # alone, then its second token alone, before the other prompts' pass. A lone user waits 3 ms once.
 ARRIVAL_QUIET_S, MAX_PROMPT_WAIT_S = 0.003, 0.03
+# Taking turns (see in_turn): a client not served for this many crowded passes counts as never
+# served (it goes first, as a newcomer does), so the record of turns stays small.
+TURN_MEMORY_PASSES = 64
+
+
+def in_turn(queue: Sequence[PendingPass], served_at: Mapping[Hashable, int], size: int) -> list[PendingPass]:
+    """Up to `size` of `queue`'s requests, clients in turn (see the module docstring).
+
+    Each client's requests queue in arrival order; each round takes the next one of every client
+    that has one left, until `size` are taken. Clients go in the order they were last served
+    (`served_at`: client -> the crowded pass that last gave it a row; never served goes first),
+    ties by the arrival of their first request. The requests come back in queue order."""
+    lanes: dict[Hashable, list[PendingPass]] = {}
+    for request in queue:
+        lanes.setdefault(client_of(request.sequence), []).append(request)
+    order = sorted(lanes, key=lambda client: served_at.get(client, -1))  # stable: ties keep arrival order
+    taken: set[int] = set()
+    for depth in range(max((len(lane) for lane in lanes.values()), default=0)):
+        for client in order:
+            lane = lanes[client]
+            if depth < len(lane) and len(taken) < size:
+                taken.add(id(lane[depth]))
+    return [request for request in queue if id(request) in taken]
 
 
 class ForwardBatcher:
@@ -99,6 +127,10 @@ class ForwardBatcher:
         self._recent: dict[Hashable, float] = {}  # sequence -> when a pass last served it
         self._last_pass_s = 0.0
         self._recent_window_s = 0.0
+        # Turns (see in_turn), for passes that cannot take everyone waiting: client -> the number of
+        # the crowded pass that last served it. Forgotten whenever one pass takes everyone.
+        self._crowded_passes = 0
+        self._served_at: dict[Hashable, int] = {}
         self.counters = PassCounters()  # for tests and benchmarks: read, never steer
         self.layout = BatchLayout(model, self.counters)  # how each pass lays out its caches
 
@@ -205,8 +237,7 @@ class ForwardBatcher:
             with self.forward_lock, torch.inference_mode():
                 with self._lock:
                     self._gather()
-                    batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-                    self._in_pass = batch
+                    batch = self._in_pass = self._take_batch()
                 self._run(batch)
                 self._remember(batch)
         finally:
@@ -214,6 +245,24 @@ class ForwardBatcher:
             self._running, self._in_pass = False, []
             self._pass_ended.notify_all()  # their requests are answered, or one of them leads next
             self._call_runner_if_needed()
+
+    def _take_batch(self) -> list[PendingPass]:
+        """Take the next pass's requests out of the queue (the lock held): all of them when they
+        fit, else `max_batch` of them, clients in turn (in_turn)."""
+        if len(self._queue) <= self.max_batch:
+            batch, self._queue = self._queue, []
+            self._served_at.clear()  # everyone waiting is served: nobody is owed a turn
+            return batch
+        batch = in_turn(self._queue, self._served_at, self.max_batch)
+        taken = {id(request) for request in batch}
+        self._queue = [request for request in self._queue if id(request) not in taken]
+        self._crowded_passes += 1
+        for request in batch:
+            self._served_at[client_of(request.sequence)] = self._crowded_passes
+        oldest = self._crowded_passes - TURN_MEMORY_PASSES
+        for client in [client for client, served in self._served_at.items() if served < oldest]:
+            del self._served_at[client]
+        return batch
 
     @staticmethod
     def _request(ids: Sequence[int], cache: Cache | None, cached: int, sequence: Hashable) -> PendingPass:

@@ -4,11 +4,15 @@ from a typed prompt.
 Every argument is checked with tokstep.web.checks, so a bad one is a gr.Error that names it and
 its range, which gradio_client raises as an `AppError`. Tokens stream from the run loop the page's
 Auto-run uses too (tokstep.core.run_loop), at full speed.
+
+Each run is its caller's (by address: tokstep.web.clients), within its fair share
+(tokstep.web.client_limits): `max_new_tokens` up to the operator's ceiling, a few streams at once,
+a budget of tokens a minute. A run past them is refused before anything else is done.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 import gradio as gr
@@ -19,12 +23,13 @@ from tokstep.core.sampling import MAX_TEMPERATURE, SamplingSettings
 from tokstep.core.stepper import PromptError, Step, TokenStepper
 from tokstep.runtimes.engine import EngineError
 from tokstep.web.checks import Flag, Number, Whole, user_error
+from tokstep.web.client_limits import ClientLimits
 from tokstep.web.constants import MAX_PROMPT_CHARS
 from tokstep.web.model_choice import ModelCache, ModelNotAllowedError
 
 __all__ = ["MAX_PROMPT_CHARS", "generate", "generate_on_the_one_model", "generate_updates", "model_or_error"]
 
-MAX_API_TOKENS = 1024  # /generate's limit for a model with no fixed context length
+MAX_API_TOKENS = 1024  # generate_updates' limit for a model with no fixed context length
 API_TOP_K = 5
 
 # /generate's arguments by their own names, with the sampler's limits (tokstep.core.sampling).
@@ -38,7 +43,9 @@ GENERATE_DOC = """Generation streamed one token at a time, greedy unless `sample
 same seed and settings give the same tokens). Each update is {text, token_id, token, prob, top: [[token_id,
 token, prob], ...], rest_prob, position, chosen_by, rank, entropy, sampling_prob, stop_reason, sampler,
 estimates}; probabilities are always the model's own, and `estimates` names any number that is estimated
-(on a serving engine: "entropy", and "sampling" when the sampler's numbers are)."""
+(on a serving engine: "entropy", and "sampling" when the sampler's numbers are). Each caller (by address) has
+a fair share: a few streams at once, a budget of tokens a minute; a call past it is refused at once, saying when to
+retry."""
 MODEL_ARGUMENT_DOC = """ `model` is one of the models the page offers ("" = the default); another name is refused."""
 
 
@@ -117,6 +124,14 @@ def api_sampling(sample: Any, temperature: Any, top_k: Any, top_p: Any, seed: An
     )
 
 
+def within_ceiling(max_new_tokens: Any, ceiling: int) -> int:
+    """`max_new_tokens` as /generate's caller sent it, checked against the operator's ceiling
+    (FairShare.max_api_tokens; 0: none): a gr.Error that names the ceiling past it."""
+    if not ceiling:
+        return Whole("max_new_tokens", 1)(max_new_tokens)
+    return Whole("max_new_tokens", 1, ceiling, why="the most this server writes in one run")(max_new_tokens)
+
+
 def generate_updates(
     lm: LanguageModel,
     prompt: Any,
@@ -126,14 +141,18 @@ def generate_updates(
     top_k: Any = 0,
     top_p: Any = 1.0,
     seed: Any = 0,
+    *,
+    client: Hashable = None,
 ) -> Iterator[dict]:
-    """The /generate endpoint: one JSON object per token, at full speed (no pacing)."""
+    """The /generate endpoint: one JSON object per token, at full speed (no pacing). `client`: whom
+    the run is for, so that the batcher shares its passes fairly (TokenStepper.client)."""
     max_new_tokens = Whole("max_new_tokens", 1, lm.context_length or MAX_API_TOKENS)(max_new_tokens)
     sampling = api_sampling(sample, temperature, top_k, top_p, seed)
     try:
         stepper = new_stepper(lm, prompt)
     except PromptError as error:
         raise user_error(str(error), title="Cannot generate") from None
+    stepper.client = client
     # The run loop queues the next token's pass before each token goes out, so it joins the next
     # batch while Gradio sends this one; a client that goes away closes the run (and that pass).
     try:
@@ -143,11 +162,13 @@ def generate_updates(
         raise gr.Error(str(error), title=error.title, print_exception=False) from None
 
 
-# The two forms of /generate, bound to the page's `lm_for` (tokstep.web.bind) and given to gr.api,
-# which takes the schema from their signatures and the API page's description from their docstrings.
-# A page without a model list keeps /generate's arguments exactly as they were: there is no model to name.
+# The two forms of /generate, bound to the page's `lm_for` and `clients` (tokstep.web.bind) and given to
+# gr.api, which takes the schema from their signatures (less `request`, which Gradio fills in) and the API
+# page's description from their docstrings. A page without a model list keeps /generate's arguments
+# exactly as they were: there is no model to name.
 def generate(
     lm_for: Callable[[str], LanguageModel],
+    clients: ClientLimits,
     prompt: str,
     max_new_tokens: int = 20,
     sample: bool = False,
@@ -156,12 +177,22 @@ def generate(
     top_p: float = 1.0,
     seed: int = 0,
     model: str = "",
+    request: gr.Request | None = None,
 ) -> Iterator[dict]:
-    yield from generate_updates(lm_for(model), prompt, max_new_tokens, sample, temperature, top_k, top_p, seed)
+    # First, before the model is even looked up: a caller past its share leaves the queue at once.
+    tokens = within_ceiling(max_new_tokens, clients.share.max_api_tokens)
+    with clients.api_run(request, tokens) as share:
+        updates = generate_updates(
+            lm_for(model), prompt, tokens, sample, temperature, top_k, top_p, seed, client=share.client
+        )
+        for update in updates:
+            share.wrote()
+            yield update
 
 
 def generate_on_the_one_model(
     lm_for: Callable[[str], LanguageModel],
+    clients: ClientLimits,
     prompt: str,
     max_new_tokens: int = 20,
     sample: bool = False,
@@ -169,9 +200,20 @@ def generate_on_the_one_model(
     top_k: int = 0,
     top_p: float = 1.0,
     seed: int = 0,
+    request: gr.Request | None = None,
 ) -> Iterator[dict]:
-    yield from generate(lm_for, prompt, max_new_tokens, sample, temperature, top_k, top_p, seed)
+    yield from generate(
+        lm_for, clients, prompt, max_new_tokens, sample, temperature, top_k, top_p, seed, request=request
+    )
 
 
 generate.__doc__ = GENERATE_DOC + MODEL_ARGUMENT_DOC
 generate_on_the_one_model.__doc__ = GENERATE_DOC
+
+
+def stream_updates(
+    lm_for: Callable[[str], LanguageModel], clients: ClientLimits, arguments: dict[str, Any], request: Any
+) -> Iterator[dict]:
+    """/generate for the plain server-sent events route (tokstep.web.stream_route), by argument name;
+    its caller is named by `request` (a Starlette request) as /generate's is."""
+    yield from generate(lm_for, clients, **arguments, request=request)

@@ -24,6 +24,7 @@ from tokstep.core.tokens import visible_whitespace
 from tokstep.web.chat_layout import ChatUI
 from tokstep.web.chat_view import chat_note, render
 from tokstep.web.checks import user_error, warn
+from tokstep.web.client_limits import ClientLimits
 from tokstep.web.pacing import Paced
 from tokstep.web.settings import ChatSettings
 from tokstep.web.tab_runs import TabRuns
@@ -120,29 +121,38 @@ def on_pick(ui: ChatUI, lm_for: ModelFor, values: dict[Component, Any], event: g
 # A generator resumed on other threads (see tokstep.core.run_loop): its renders run passes too.
 @torch.inference_mode()
 def on_autorun(
-    ui: ChatUI, lm_for: ModelFor, tab_runs: TabRuns, values: dict[Component, Any], request: gr.Request
+    ui: ChatUI,
+    lm_for: ModelFor,
+    tab_runs: TabRuns,
+    clients: ClientLimits,
+    values: dict[Component, Any],
+    request: gr.Request,
 ) -> Iterator[Update]:
     """Write the reply token by token, a pause apart, until the turn is over or Auto-run has written
     its tokens: the page's run loop, stepping the turn (which refuses to write past its end). A
-    closed tab stops it (`tab_runs`)."""
+    closed tab stops it (`tab_runs`); it counts as one of the tab's runs (`clients`)."""
     settings = ChatSettings.from_inputs(values)
-    session = session_for(ui, lm_for, values)
-    turn = session.turn
-    if turn is None or turn.over:
-        yield append(ui, session, settings)  # says why nothing can be written
-        return
-    tab_runs.note(request, turn.stepper)
     run = settings.autorun
-    steps = run_steps(
-        turn.stepper, run.tokens, settings.top_k, settings.sampling,
-        step=Paced(turn.step, run.pause_s), ends=lambda _: turn.over,
-    )  # fmt: skip
-    # Stop, Undo, a pick, Send or Clear ends the run quietly: the view shows the turn as it is.
-    for step in steps:
-        note = chat_note(step, turn)
-        if step.stop_reason == "max_new_tokens":
-            note += f" **Stopped:** Auto-run wrote the {run.tokens} tokens asked for; Auto-run again to go on."
-        yield ui.show(render(session, settings, note))
+    # Within the tab's fair share (tokstep.web.client_limits), or refused before anything runs.
+    with clients.page_run(request, run.tokens) as share:
+        session = session_for(ui, lm_for, values)
+        turn = session.turn
+        if turn is None or turn.over:
+            yield append(ui, session, settings)  # says why nothing can be written
+            return
+        tab_runs.note(request, turn.stepper)
+        turn.stepper.client = share.client  # the batcher takes clients in turn (tokstep.runtimes.scheduler)
+        steps = run_steps(
+            turn.stepper, run.tokens, settings.top_k, settings.sampling,
+            step=Paced(turn.step, run.pause_s), ends=lambda _: turn.over,
+        )  # fmt: skip
+        # Stop, Undo, a pick, Send or Clear ends the run quietly: the view shows the turn as it is.
+        for step in steps:
+            share.wrote()
+            note = chat_note(step, turn)
+            if step.stop_reason == "max_new_tokens":
+                note += f" **Stopped:** Auto-run wrote the {run.tokens} tokens asked for; Auto-run again to go on."
+            yield ui.show(render(session, settings, note))
 
 
 def on_undo(ui: ChatUI, lm_for: ModelFor, values: dict[Component, Any]) -> Update:

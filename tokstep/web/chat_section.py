@@ -30,6 +30,7 @@ from tokstep.core.model import LanguageModel
 from tokstep.web import chat_handlers as chat
 from tokstep.web.bind import bind
 from tokstep.web.chat_layout import ChatUI, buttons, conversation, reply_view, settings_accordion
+from tokstep.web.client_limits import ClientLimits
 from tokstep.web.constants import STATE_TTL_S
 from tokstep.web.tab_runs import TabRuns
 
@@ -52,6 +53,7 @@ def add_chat(
     autorun_workers: int = 32,
     switch: ModelSwitch = ModelSwitch(),  # noqa: B008 (frozen, so sharing the default is safe)
     tab_runs: TabRuns | None = None,
+    clients: ClientLimits | None = None,
 ) -> None:
     """Build the chat section inside the current `gr.Blocks`.
 
@@ -60,6 +62,7 @@ def add_chat(
     `switch`: when the tab's model has no chat template, the section says so before anyone types
     and offers a button that switches the page to the first chat model on its list. `tab_runs`:
     where the page notes what each tab steps, so a closed tab's Auto-run stops (the page's own).
+    `clients`: each client's fair share, so a tab's Auto-runs here count with the page's (the page's own).
     """
     state = gr.State(None, time_to_live=STATE_TTL_S)  # first, as on the main page
     with gr.Column(elem_id="chat"):
@@ -67,7 +70,10 @@ def add_chat(
             offer = gr.Markdown(elem_id="chat-no-template")
             switch_button = gr.Button("Switch", variant="primary", visible=False, elem_id="chat-switch")
         ui = ChatUI(state, model_choice, conversation(), buttons(), reply_view(), settings_accordion())
-    wire_chat(ui, lm_for, autorun_workers, tab_runs if tab_runs is not None else TabRuns())
+    wire_chat(
+        ui, lm_for, autorun_workers, tab_runs if tab_runs is not None else TabRuns(),
+        clients if clients is not None else ClientLimits(),
+    )  # fmt: skip
     wire_offer(model_choice, lm_for, switch, offer_row, offer, switch_button)
 
 
@@ -119,7 +125,9 @@ def wire_offer(
         button.click(switch_model, inputs=model_choice, outputs=switch.dropdown, **hidden)
 
 
-def wire_chat(ui: ChatUI, lm_for: Callable[[Any], LanguageModel], autorun_workers: int, tab_runs: TabRuns) -> None:
+def wire_chat(
+    ui: ChatUI, lm_for: Callable[[Any], LanguageModel], autorun_workers: int, tab_runs: TabRuns, clients: ClientLimits
+) -> None:
     """Every event of the chat section, each to its handler; the named ones are callable by API
     clients (undocumented), as tokstep.web.page's events."""
     parts = (ui, lm_for)  # what every handler is bound to
@@ -130,7 +138,7 @@ def wire_chat(ui: ChatUI, lm_for: Callable[[Any], LanguageModel], autorun_worker
     private = {**raw, "api_visibility": "private"}
 
     autorun_event = press.autorun.click(
-        bind(chat.on_autorun, *parts, tab_runs), inputs=inputs, outputs=view, api_name="chat_autorun",
+        bind(chat.on_autorun, *parts, tab_runs, clients), inputs=inputs, outputs=view, api_name="chat_autorun",
         concurrency_limit=autorun_workers, **api,
     )  # fmt: skip
     step_event = press.step.click(bind(chat.on_step, *parts), inputs=inputs, outputs=view, api_name="chat_step", **api)

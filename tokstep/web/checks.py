@@ -54,11 +54,13 @@ def refuse(label: str, what: str, value: Any) -> gr.Error:
 @dataclass(frozen=True)
 class Whole:
     """A whole number from `low` to `high` (no upper bound when `high` is None). A float that is a
-    whole number counts as one: a browser's number box may send 3.0."""
+    whole number counts as one: a browser's number box may send 3.0. `why`: what sets the range,
+    said in the message (the operator's ceiling, say)."""
 
     label: str
     low: int
     high: int | None = None
+    why: str = ""
 
     def __call__(self, value: Any) -> int:
         if isinstance(value, float) and value.is_integer():
@@ -69,9 +71,10 @@ class Whole:
         return value
 
     def describe(self) -> str:
+        why = f" ({self.why})" if self.why else ""
         if self.high is None:
-            return f"a whole number of {self.low} or more"
-        return f"a whole number from {self.low} to {self.high}"
+            return f"a whole number of {self.low} or more{why}"
+        return f"a whole number from {self.low} to {self.high}{why}"
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@
   tokstep.web.share_handlers  opening a link, Copy link, Export run, Load a run
   tokstep.web.chat_section    chat mode, a section of its own (`add_chat`)
   tokstep.web.api             /generate
+  tokstep.web.client_limits   each client's fair share of /generate and Auto-run (create_demo's `fair_share`)
 
 Handlers are plain functions, bound to the page's `PageUI` and `PageContext` (tokstep.web.bind).
 Events take their inputs as a set, so a handler gets one dict keyed by component, and reads the
@@ -30,6 +31,7 @@ gr.State (`model_choice`) that every event reads; visitors can only pick a name 
 
 from __future__ import annotations
 
+import functools
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -41,13 +43,16 @@ from tokstep.core.loading import load
 from tokstep.core.model import LanguageModel
 from tokstep.core.run_files import MAX_RUN_BYTES
 from tokstep.runtimes.in_process import InProcessRuntime
+from tokstep.web import browser_run
 from tokstep.web import page_handlers as handlers
 from tokstep.web import share_handlers as sharing
-from tokstep.web.api import generate, generate_on_the_one_model
+from tokstep.web.api import generate, generate_on_the_one_model, stream_updates
 from tokstep.web.assets import JS
 from tokstep.web.assets import LAUNCH_OPTIONS as PAGE_OPTIONS
 from tokstep.web.bind import bind
+from tokstep.web.browser_run import BrowserStorage
 from tokstep.web.chat_section import ModelSwitch, add_chat
+from tokstep.web.client_limits import ClientLimits, FairShare
 from tokstep.web.constants import DEFAULT_PROMPT, NOTEBOOK_PROMPT
 from tokstep.web.model_choice import ModelCache, allowed_models, chat_models, unavailable_models
 from tokstep.web.page_context import PageContext
@@ -62,6 +67,8 @@ from tokstep.web.page_layout import (
     share_row,
     token_view,
 )
+from tokstep.web.rest import LaunchOptions
+from tokstep.web.stream_route import serve_streams
 from tokstep.web.views import legend_html
 
 __all__ = ["JS", "LAUNCH_OPTIONS", "ServerLimits", "create_demo"]
@@ -87,7 +94,9 @@ class ServerLimits:
     max_queue: int = 64  # events waiting for a worker, all users together
     autorun_workers: int = 32  # Auto-runs at once (page and chat each): mostly pausing between tokens
     # /generate streams at once. Their steps share batched forward passes (tokstep.runtimes.scheduler),
-    # so a class's worth costs about one pass per token; more wait in the queue.
+    # so a class's worth costs about one pass per token; more wait in the queue. One address holds at
+    # most FairShare.api_runs of them (4: a flood needs 8 addresses to fill them), one tab at most
+    # FairShare.page_runs Auto-runs; a refused run gives its worker back at once.
     stream_workers: int = 32
     workers: int = 8  # Steps, resets and the like at once (their passes are batched too)
 
@@ -101,7 +110,11 @@ class ServerLimits:
 # above what a run file may be, so a file just over the limit still gets tokstep's own message.
 # max_threads: Gradio runs each step of an event in a pool of threads (40 by default); every
 # event that may run at once gets one, or streams past the 40th would wait with a free model.
-LAUNCH_OPTIONS = {**PAGE_OPTIONS, "max_file_size": MAX_RUN_BYTES + 1_000_000, "max_threads": ServerLimits().threads}
+# app_kwargs (added by LaunchOptions): the REST routes fill in left-out arguments and say what is
+# wrong with a bad call (tokstep.web.rest).
+LAUNCH_OPTIONS = LaunchOptions(
+    {**PAGE_OPTIONS, "max_file_size": MAX_RUN_BYTES + 1_000_000, "max_threads": ServerLimits().threads}
+)
 
 
 def create_demo(
@@ -112,6 +125,8 @@ def create_demo(
     limits: ServerLimits = ServerLimits(),  # noqa: B008 (frozen, so sharing the default is safe)
     models: Sequence[str] | None = None,
     runtime: InProcessRuntime | None = None,
+    browser_storage: BrowserStorage = BrowserStorage(),  # noqa: B008 (frozen, so sharing the default is safe)
+    fair_share: FairShare = FairShare(),  # noqa: B008 (frozen, so sharing the default is safe)
 ) -> gr.Blocks:
     """The tokstep page for `lm`. `notice` is shown at the top (e.g. why a fallback model runs).
 
@@ -123,6 +138,12 @@ def create_demo(
     `runtime` runs every model's passes (a new `InProcessRuntime` when not given: one lock and one
     bound on kept caches for the page's models); the page serves `runtime.serve(lm)`, and `lm`
     itself is left as it was.
+
+    `fair_share` is what each client may take: runs at once, tokens a minute, /generate's ceiling
+    (tokstep.web.client_limits).
+
+    `browser_storage` is where each tab's browser keeps its run, so that a reload gets it back
+    (tokstep.web.browser_run); pin its secret to keep the runs readable across restarts.
     """
     runtime = runtime if runtime is not None else InProcessRuntime()
     lm = runtime.serve(lm)
@@ -132,9 +153,12 @@ def create_demo(
         unavailable=unavailable_models(allowed, loaded=[lm.name]),
     )  # fmt: skip
     export_folder = Path(tempfile.mkdtemp(prefix="tokstep-exports-"))
-    context = PageContext(cache, offers_choice=models is not None, export_folder=export_folder)
+    context = PageContext(
+        cache, offers_choice=models is not None, export_folder=export_folder, clients=ClientLimits(fair_share)
+    )
     with gr.Blocks(title="tokstep: watch a language model write") as demo:
-        session = session_state(context.default_model)  # first: see tokstep.web.page_layout
+        # First: see tokstep.web.page_layout.
+        session = session_state(context.default_model, browser_storage.key, browser_storage.secret)
         model = header(notice, cache.allowed, context.default_model, cache.unavailable)
         buttons = controls(model, prompt)
         view, mode = token_view(buttons, legend_html(lm))
@@ -143,7 +167,7 @@ def create_demo(
         with gr.Accordion("Chat mode: step through a chat model's reply", open=False, elem_id="chat-mode"):
             add_chat(
                 session.model_choice, context.lm_for, autorun_workers=limits.autorun_workers,
-                switch=ModelSwitch(model, chat_models(cache)), tab_runs=context.tab_runs,
+                switch=ModelSwitch(model, chat_models(cache)), tab_runs=context.tab_runs, clients=context.clients,
             )  # fmt: skip
         # Choosing an example changes the prompt box, which starts over (the prompt's change event).
         examples = gr.Examples(
@@ -152,8 +176,14 @@ def create_demo(
         wire_page(demo, ui, context, limits, examples)
         # /generate's schema is its function's signature; a page without a model list has no `model`.
         endpoint = generate if context.offers_choice else generate_on_the_one_model
-        gr.api(bind(endpoint, context.lm_for), api_name="generate", concurrency_limit=limits.stream_workers)
-    demo.queue(default_concurrency_limit=limits.workers, max_size=limits.max_queue)
+        gr.api(
+            bind(endpoint, context.lm_for, context.clients), api_name="generate",
+            concurrency_limit=limits.stream_workers,
+        )  # fmt: skip
+        serve_streams(demo, functools.partial(stream_updates, context.lm_for, context.clients))  # /stream/generate
+    # api_open=False: Gradio's direct routes (/gradio_api/run/<name>, /api/<name>) would run an event
+    # beside the queue, past its concurrency limits and its bound on waiting events.
+    demo.queue(default_concurrency_limit=limits.workers, max_size=limits.max_queue, api_open=False)
     return demo
 
 
@@ -168,6 +198,12 @@ def wire_page(demo: gr.Blocks, ui: PageUI, context: PageContext, limits: ServerL
     api = {**raw, "api_visibility": "undocumented"}
     private = {**raw, "api_visibility": "private"}
     parts = (ui, context)  # what every handler is bound to
+    # After each event that changes the tab's sequence the browser keeps its run, so that a reload
+    # gets it back (tokstep.web.browser_run); Auto-run's at its end. No queue limit: it runs no pass.
+    store = {
+        "fn": bind(browser_run.on_store, *parts), "inputs": {session.state, *settings}, "outputs": session.stored,
+        "concurrency_limit": None, **private,
+    }  # fmt: skip
 
     autorun_event = controls.autorun.click(
         bind(handlers.on_autorun, *parts), inputs={*tab, controls.autorun_tokens, controls.speed, *settings},
@@ -180,38 +216,41 @@ def wire_page(demo: gr.Blocks, ui: PageUI, context: PageContext, limits: ServerL
         bind(handlers.on_continue, *parts), inputs={*tab, *settings}, outputs=view, api_name="continue", **api
     )
     runs = [autorun_event, step_event, continue_event]
+    for run in runs:
+        run.then(**store)
     controls.undo.click(
         bind(idle_after(handlers.on_undo), *parts), inputs={*tab, *settings}, outputs=[*view, *buttons],
         api_name="undo", cancels=[autorun_event], **api,
-    )  # fmt: skip
+    ).then(**store)  # fmt: skip
     ui.view.topk.select(
         bind(idle_after(handlers.on_pick), *parts), inputs={*tab, *settings}, outputs=[*view, *buttons],
         cancels=[autorun_event], **private,
-    )  # fmt: skip
+    ).then(**store)  # fmt: skip
     gr.on(
         [control.change for control in ui.settings.all], bind(handlers.on_view, *parts), inputs={*tab, *settings},
         outputs=view, api_name="view", trigger_mode="always_last", **api,
-    )  # fmt: skip
+    ).then(**store)  # fmt: skip
     # Reset, typing and choosing an example stop a running Auto-run or Step, which would
     # otherwise write the old text back.
     controls.reset.click(
         bind(idle_after(handlers.on_start), *parts), inputs={session.model_choice, controls.prompt, *settings},
         outputs=[*view, *buttons], api_name="reset", cancels=runs, trigger_mode="always_last", **api,
-    )  # fmt: skip
+    ).then(**store)  # fmt: skip
     # A changed prompt starts over unless a link or a run file set it together with its state.
     # It cancels nothing itself: typing and choosing an example stop a run (below), while the
     # change that a link or a run file makes must not cancel a Step clicked right after it.
     controls.prompt.change(
         bind(idle_after(handlers.on_edit), *parts), inputs={*tab, *settings}, outputs=[*view, *buttons],
         trigger_mode="always_last", **private,
-    )  # fmt: skip
+    ).then(**store)  # fmt: skip
     controls.prompt.input(None, cancels=runs)
-    # The first load starts from the prompt box, or from the preset in the page's URL.
+    # The first load starts from the preset in the page's URL, or the run the tab's browser kept
+    # (a reload), or the prompt box.
     demo.load(
-        bind(sharing.on_load, *parts), inputs={session.model_choice, controls.prompt, *settings},
-        outputs=[*view, controls.prompt, *ui.settings.sampling, ui.view.legend, session.model_choice, controls.model],
+        bind(sharing.on_load, *parts), inputs={session.model_choice, session.stored, controls.prompt, *settings},
+        outputs=[*view, controls.prompt, *ui.settings.all, ui.view.legend, session.model_choice, controls.model],
         **private,
-    )  # fmt: skip
+    ).then(**store)  # fmt: skip
     # A closed tab stops its runs at once: a step waiting for a serving engine is cancelled.
     demo.unload(bind(handlers.on_tab_closed, context))
     # Choosing a model loads it (the status says so) and starts over from the prompt box.
@@ -222,7 +261,7 @@ def wire_page(demo: gr.Blocks, ui: PageUI, context: PageContext, limits: ServerL
         bind(idle_after(handlers.on_model), *parts), inputs={controls.model, *tab, *settings},
         outputs=[*view, *buttons, ui.view.legend, session.model_choice, controls.model], api_name="model",
         api_visibility="undocumented", cancels=runs, preprocess=False, show_progress="minimal",
-    )  # fmt: skip
+    ).then(**store)  # fmt: skip
     links.copy_link.click(
         bind(sharing.on_link, *parts), inputs={*tab, *settings}, outputs=links.link, api_name="link", **api
     ).then(None, inputs=links.link, outputs=links.link, js=COPY_LINK_JS)
@@ -238,11 +277,11 @@ def wire_page(demo: gr.Blocks, ui: PageUI, context: PageContext, limits: ServerL
         # The dropdown follows the run's model; a separate event keeps /import's outputs as they were.
         sharing.model_of_the_tab, inputs=session.model_choice, outputs=controls.model, api_visibility="private",
         show_progress="hidden",
-    )  # fmt: skip
+    ).then(**store)  # fmt: skip
     examples.dataset.click(None, cancels=runs)
     # No queue limit: a class pressing Stop at once is not served one by one.
     controls.stop.click(
         bind(idle_after(handlers.on_stop), *parts), inputs={session.state, *settings}, outputs=[*view, *buttons],
         cancels=[autorun_event],
         concurrency_limit=None, **private,
-    )  # fmt: skip
+    ).then(**store)  # fmt: skip

@@ -1,6 +1,6 @@
 """`PageContext`: what the page's events share besides their inputs (the models on offer, the
-folder exports go to, and what each open tab is stepping). One per page, made by `create_demo` and
-bound to every handler."""
+folder exports go to, what each open tab is stepping, and each client's runs and tokens). One per
+page, made by `create_demo` and bound to every handler."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 from tokstep.core.model import LanguageModel
 from tokstep.web.api import model_or_error
+from tokstep.web.client_limits import ClientLimits
 from tokstep.web.model_choice import ModelCache
 from tokstep.web.tab_runs import TabRuns
 
@@ -20,6 +21,7 @@ class PageContext:
     offers_choice: bool
     export_folder: Path  # where "Export run" writes its files
     tab_runs: TabRuns = field(default_factory=TabRuns)  # what each open tab steps: a closed tab's runs stop
+    clients: ClientLimits = field(default_factory=ClientLimits)  # each client's fair share (runs, tokens)
 
     @property
     def default_model(self) -> str:

@@ -165,15 +165,19 @@ def run_buttons(ui: PageUI, left: int | None) -> Update:
 def on_autorun(ui: PageUI, context: PageContext, values: dict[Component, Any], request: gr.Request) -> Iterator[Update]:
     run = AutoRun.from_inputs(values)
     settings = PageSettings.from_inputs(values)
-    stepper = context.tab_runs.note(request, tab_stepper(ui, context, values))
-    idle = False
-    for written, shown in enumerate(autorun(stepper, settings, run.tokens, run.pause_s), 1):
-        # The run's last step says why it stopped: the buttons come back with it, in the same update.
-        steps = shown.state.steps if shown.state is not None else []
-        idle = written >= run.tokens or (bool(steps) and steps[-1].stop_reason is not None)
-        yield {**ui.show(shown), **run_buttons(ui, None if idle else run.tokens - written)}
-    if not idle:  # it ended otherwise (the context was full, or Undo or a pick stopped it)
-        yield run_buttons(ui, None)
+    # Within the tab's fair share (tokstep.web.client_limits), or refused before anything runs.
+    with context.clients.page_run(request, run.tokens) as share:
+        stepper = context.tab_runs.note(request, tab_stepper(ui, context, values))
+        stepper.client = share.client  # the batcher takes clients in turn (tokstep.runtimes.scheduler)
+        idle = False
+        for written, shown in enumerate(autorun(stepper, settings, run.tokens, run.pause_s), 1):
+            share.wrote()
+            # The run's last step says why it stopped: the buttons come back with it, in the same update.
+            steps = shown.state.steps if shown.state is not None else []
+            idle = written >= run.tokens or (bool(steps) and steps[-1].stop_reason is not None)
+            yield {**ui.show(shown), **run_buttons(ui, None if idle else run.tokens - written)}
+        if not idle:  # it ended otherwise (the context was full, or Undo or a pick stopped it)
+            yield run_buttons(ui, None)
 
 
 def idle_after(handler: Callable[..., Any]) -> Callable[..., Any]:

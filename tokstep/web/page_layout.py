@@ -48,12 +48,14 @@ TITLE = (
 
 @dataclass(frozen=True)
 class Session:
-    """What the server keeps for each tab."""
+    """What the server keeps for each tab, and what the browser keeps of it."""
 
     state: gr.State  # the tab's TokenStepper (None until the first event, or after it expired)
     # The tab's model name, read by every event. No time to live: it is a short string, and a page
     # that lost it would quietly fall back to the default model.
     model_choice: gr.State
+    # The tab's run as the browser keeps it (localStorage), for a reload: tokstep.web.browser_run.
+    stored: gr.BrowserState
 
 
 @dataclass(frozen=True)
@@ -147,8 +149,14 @@ class PageUI:
         return dict(zip(self.view_outputs, shown, strict=True))
 
 
-def session_state(default_model: str) -> Session:
-    return Session(state=gr.State(None, time_to_live=STATE_TTL_S), model_choice=gr.State(default_model))
+def session_state(default_model: str, storage_key: str, secret: str | None = None) -> Session:
+    """The tab's state on the server, and in the browser under `storage_key`, encrypted with `secret`
+    (None: Gradio draws one at each start). No event but the page's own reads or writes the stored run."""
+    return Session(
+        state=gr.State(None, time_to_live=STATE_TTL_S),
+        model_choice=gr.State(default_model),
+        stored=gr.BrowserState(None, storage_key=storage_key, secret=secret),
+    )
 
 
 def header(

@@ -21,8 +21,17 @@ from gradio.components import Component
 
 from tokstep.core.model import LanguageModel, ModelLoadError
 from tokstep.core.presets import Preset, apply_preset, has_preset, link_reproduces, parse_preset, preset_query
-from tokstep.core.run_files import RunFileError, dumps_run, export_run, read_run_file, restore_run, run_model_name
+from tokstep.core.run_files import (
+    RestoredRun,
+    RunFileError,
+    dumps_run,
+    export_run,
+    read_run_file,
+    restore_run,
+    run_model_name,
+)
 from tokstep.core.sampling import SamplingSettings
+from tokstep.web.browser_run import read_stored_run
 from tokstep.web.checks import user_error
 from tokstep.web.constants import (
     DEFAULT_PROMPT,
@@ -113,12 +122,18 @@ def write_export(folder: Path, run: dict) -> str:
 
 
 def on_load(ui: PageUI, context: PageContext, values: dict[Component, Any], request: gr.Request) -> Iterator[Update]:
-    """The page's first load: start from the prompt box, or from the preset in the page's URL
-    (on the link's model, loading it first when nobody has). Gradio passes `request` by its annotation."""
+    """The page's first load: start from the preset in the page's URL (on the link's model, loading it
+    first when nobody has), or from the run the tab's browser kept (a reload), or from the prompt box.
+    Gradio passes `request` by its annotation."""
     settings = PageSettings.from_inputs(values)
     name, text = values[ui.session.model_choice], values[ui.controls.prompt]
     params = dict(request.query_params) if request is not None else {}
     if not has_preset(params):
+        # A reload: the run the tab's browser kept, when it restores exactly here (a link's state wins).
+        stored = read_stored_run(context, values[ui.session.stored])
+        if stored is not None and sampling_fits_page(stored.sampling) is None:
+            yield from_the_browser(ui, stored, name, text)
+            return
         yield ui.show(start(context.lm_for(name), text, settings))
         return
     preset = parse_preset(params)
@@ -148,6 +163,30 @@ def on_load(ui: PageUI, context: PageContext, values: dict[Component, Any], requ
         update.update({ui.session.model_choice: chosen_model, ui.controls.model: chosen_model})
         update[ui.view.legend] = legend_html(context.lm_for(chosen_model))  # the link's model's ids
     yield update
+
+
+def from_the_browser(ui: PageUI, stored: RestoredRun, name: str, text: Any) -> Update:
+    """The page as the tab's browser kept it (tokstep.web.browser_run): its run, settings and model."""
+    lm = stored.stepper.lm
+    note = f"Restored this tab's run from your browser: {len(stored.stepper.steps)} generated tokens."
+    update = show_restored(ui, stored, stored.sampling, text, note)
+    if lm.name != name:
+        update.update({ui.controls.model: lm.name, ui.view.legend: legend_html(lm)})
+    return update
+
+
+def show_restored(ui: PageUI, restored: RestoredRun, sampling: SamplingSettings | None, text: Any, note: str) -> Update:
+    """The update for a restored run (a run file's or the browser's): its tokens, its prompt in the
+    box, its settings (with `sampling`, which the page can show) and its model for the tab."""
+    settings = PageSettings(restored.top_k, sampling, restored.score_prompt)
+    update = ui.show(render(restored.stepper, settings, note))
+    if restored.stepper.prompt_text != text:
+        update[ui.controls.prompt] = restored.stepper.prompt_text
+    controls = ui.settings
+    update.update({controls.top_k_size: restored.top_k, controls.score_prompt: restored.score_prompt})
+    update.update(sampling_values(ui, sampling))
+    update[ui.session.model_choice] = restored.stepper.lm.name
+    return update
 
 
 def on_link(ui: PageUI, context: PageContext, values: dict[Component, Any]) -> Update:
@@ -202,19 +241,11 @@ def on_import(ui: PageUI, context: PageContext, path: Any, name: str, text: Any)
         sampling = None
     for warning in warnings:
         gr.Warning(warning)
-    settings = PageSettings(restored.top_k, sampling, restored.score_prompt)
     switched = f" Switched to **{run_lm.name}**, the run's model." if run_lm.name != name else ""
     note = f"Loaded a run: {len(restored.stepper.steps)} generated tokens.{switched}" + "".join(
         f" ⚠️ {warning}" for warning in warnings
     )
-    update = ui.show(render(restored.stepper, settings, note))
-    if restored.stepper.prompt_text != text:
-        update[ui.controls.prompt] = restored.stepper.prompt_text
-    controls = ui.settings
-    update.update({controls.top_k_size: restored.top_k, controls.score_prompt: restored.score_prompt})
-    update.update(sampling_values(ui, sampling))
-    update[ui.session.model_choice] = run_lm.name
-    return update
+    return show_restored(ui, restored, sampling, text, note)
 
 
 def model_of_the_tab(name: str) -> str:
