@@ -301,7 +301,11 @@ def run_engine_alone(lm: LanguageModel, tokens: int, results: list[ClientResult]
         except Exception as error:  # noqa: BLE001 - every failure is an outcome
             result.error = f"{type(error).__name__}: {error}"
 
-    threads = [threading.Thread(target=one, args=(result,), daemon=True) for result in results]
+    run_threads([threading.Thread(target=one, args=(result,), daemon=True) for result in results], results, deadline_s)
+
+
+def run_threads(threads: list[threading.Thread], results: list[ClientResult], deadline_s: float) -> None:
+    """Start one thread per client and wait for them; a client still going at the deadline fails."""
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + deadline_s
@@ -349,13 +353,7 @@ def run_gradio_clients(url: str, results: list[ClientResult], tokens: int, deadl
         threading.Thread(target=one_client, args=(client, barrier, tokens, result), daemon=True)
         for client, result in zip(clients, results, strict=True)
     ]
-    for thread in threads:
-        thread.start()
-    deadline = time.monotonic() + deadline_s
-    for thread, result in zip(threads, results, strict=True):
-        thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        if thread.is_alive() and result.error is None:
-            result.error = f"still waiting after {deadline_s:.0f} s"
+    run_threads(threads, results, deadline_s)
     for client in clients:
         client.close()
 

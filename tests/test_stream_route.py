@@ -4,7 +4,9 @@ numbers as /generate, a clear HTTP error for a bad call, and a client that goes 
 from __future__ import annotations
 
 import json
+import re
 import time
+from pathlib import Path
 
 import httpx
 import pytest
@@ -15,6 +17,7 @@ from test_stop_and_disconnect import counting_forward_passes, passes_after
 from tokstep.web.stream_route import PATH
 
 PROMPT = "Once upon a time"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def stream(server_url: str, body: dict) -> tuple[list[dict], list[tuple[str, dict]]]:
@@ -88,3 +91,17 @@ def test_a_client_that_goes_away_ends_its_run(server_url, tiny_lm):
                     break  # leaving the block closes the connection
         time.sleep(0.5)  # the server notices; the update being made may still take its pass
         assert passes_after(counter, 1.0) == 0
+
+
+def test_the_readme_curl_line_streams_what_the_readme_shows(bundled_server_url):
+    section = (ROOT / "README.md").read_text(encoding="utf-8").split("### The plain streaming route\n", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    body = json.loads(re.search(r"curl -sN http://127\.0\.0\.1:7860/stream/generate .*?-d '([^']+)'", section, re.S)[1])
+    shown = [
+        json.loads(line + "}")
+        for line in re.findall(r'^data: (\{"text":"[^"]*","token_id":\d+,"token":"[^"]*")', section, re.M)
+    ]
+    updates, events = stream(bundled_server_url, body)
+    assert len(shown) == len(updates) == body["max_new_tokens"]
+    assert [{k: u[k] for k in ("text", "token_id", "token")} for u in updates] == shown
+    assert events == [("done", {"stop_reason": "max_new_tokens"})]
