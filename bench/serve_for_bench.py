@@ -1,6 +1,7 @@
 """A tokstep server for the benchmarks, in a process of its own (bench.server and bench.classroom
 start it; you do not need to). It serves `create_demo(lm)` with the app's LAUNCH_OPTIONS, default
-limits and malloc arena limit, exactly as `python app.py` does, on a model the benchmarks name:
+limits, malloc arena limit and fair share per client (from the environment), exactly as `python
+app.py` does, on a model the benchmarks name:
 
     python -m bench.serve_for_bench --model gpt2-small-shape --port 7861
     python -m bench.serve_for_bench --model tinystories --port 7861
@@ -55,6 +56,7 @@ def main() -> None:
     parser.add_argument("--status-file", type=Path, default=None, help="where SIGUSR1 writes the trimmed RSS")
     args = parser.parse_args()
 
+    from tokstep.web.client_limits import FairShare
     from tokstep.web.deployment import Tweaks, apply_process_tweaks
     from tokstep.web.page import LAUNCH_OPTIONS, create_demo
 
@@ -66,7 +68,9 @@ def main() -> None:
 
         torch.set_num_threads(args.torch_threads)  # the workers' passes pick it up
     lm = build_model(args.model, args.device)
-    demo = create_demo(lm, runtime=lm.forward.runtime)  # the runtime build_model served it with
+    # The runtime build_model served it with, and each client's fair share from the environment, as
+    # app.py reads it (bench.common.BENCH_SERVER_ENV sets it for the benchmarks).
+    demo = create_demo(lm, runtime=lm.forward.runtime, fair_share=FairShare.from_env())
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         trim_and_report(args.status_file, lm.forward.batcher)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import httpx
 import pytest
 from conftest import SETTINGS, TINY_CONTEXT, serving
 from gradio_client import Client
-from gradio_client.exceptions import AppError
+from gradio_client.exceptions import AppError, ValidationError
 from starlette.requests import Request
 from test_server import greedy
 
@@ -27,7 +28,7 @@ from tokstep.runtimes.in_process import InProcessRuntime
 from tokstep.runtimes.scheduler import in_turn
 from tokstep.web.client_limits import ClientLimits, FairShare, OverShareError
 from tokstep.web.clients import address_for, session_for
-from tokstep.web.page import create_demo
+from tokstep.web.page import ServerLimits, create_demo
 from tokstep.web.stream_route import PATH as STREAM_PATH
 
 PROMPT = "Once upon a time"
@@ -232,11 +233,15 @@ class Served:
 
 
 def refusal(client: Client, *arguments: object, api_name: str) -> str:
-    """The message a call is refused with. A call admitted instead fails the test (a TimeoutError)
-    rather than hanging it: the tests hold the model while they call."""
+    """The message a call is refused with: as it joins the queue (tokstep.web.queue_admission; a
+    ValidationError in gradio_client) or as its run starts (an AppError). A call admitted instead
+    fails the test (a TimeoutError) rather than hanging it: the tests hold the model while they call."""
     job = client.submit(*arguments, api_name=api_name)
-    with pytest.raises(AppError) as refused:
+    with pytest.raises((AppError, ValidationError)) as refused:
         job.result(timeout=20)
+    if isinstance(refused.value, ValidationError):
+        (line,) = [line for line in str(refused.value).splitlines() if line.startswith("- fair share: ")]
+        return line.removeprefix("- fair share: ").strip("'\"")
     return str(refused.value)
 
 
@@ -397,3 +402,41 @@ def test_a_trusted_x_forwarded_for_names_the_caller_by_its_first_hop(tiny_lm):
             refused = refusal(served.client("203.0.113.1, 10.0.0.7"), PROMPT, 2, api_name="/generate")
             assert "This address already has 1 run streaming" in refused
         assert [len(list(job)) for job in jobs] == [2, 2]
+
+
+def test_a_flood_of_joins_from_one_address_leaves_the_queue_to_others(tiny_lm):
+    # Four places in Gradio's queue for everyone: without the count at the door, ten joins from one
+    # address would take them all, and the student after them would be told the queue is full.
+    share = FairShare(api_runs=2, tokens_per_minute=0, trust_forwarded_for=True)
+    runtime = InProcessRuntime()
+    lm = runtime.serve(tiny_lm)
+    demo = create_demo(lm, runtime=runtime, fair_share=share, limits=ServerLimits(max_queue=4))
+    with serving(demo) as url:
+        config = httpx.get(url.rstrip("/") + "/config", timeout=30).json()
+        event = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "generate")
+
+        def join(address: str) -> httpx.Response:
+            body = {"data": [PROMPT, 3, False, 1.0, 0, 1.0, 0], "fn_index": event, "session_hash": secrets.token_hex(6)}
+            return httpx.post(
+                url.rstrip("/") + "/gradio_api/queue/join", json=body, headers={"X-Forwarded-For": address}, timeout=30
+            )
+
+        with runtime.forward_lock:  # nothing runs: every event admitted waits in the queue
+            flood = [join("198.51.100.30") for _ in range(10)]
+            student = join("198.51.100.31")
+            # The REST route as curl calls it: an event id whose stream is the refusal.
+            posted = httpx.post(
+                url.rstrip("/") + "/gradio_api/call/generate", json={"data": [PROMPT, 3]},
+                headers={"X-Forwarded-For": "198.51.100.30"}, timeout=30,
+            )  # fmt: skip
+            rest = httpx.get(url.rstrip("/") + f"/gradio_api/call/generate/{posted.json()['event_id']}", timeout=30)
+    assert rest.text.startswith("event: error") and '"title": "Too many runs"' in rest.text
+    assert [answer.status_code for answer in flood] == [200] * share.api_runs + [422] * (10 - share.api_runs)
+    refused = flood[-1].json()
+    assert refused["title"] == "Too many runs"
+    assert (
+        refused["error"].startswith("Too many runs: This address already has")
+        and "at most 2 run at once" in refused["error"]
+    )
+    assert int(flood[-1].headers["Retry-After"]) > 0
+    assert student.status_code == 200 and "event_id" in student.json()

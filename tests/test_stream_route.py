@@ -6,15 +6,19 @@ from __future__ import annotations
 import json
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 import pytest
 import torch
+from conftest import serving
 from gradio_client import Client
 from test_stop_and_disconnect import counting_forward_passes, passes_after
 
-from tokstep.web.stream_route import PATH
+from tokstep.runtimes.in_process import InProcessRuntime
+from tokstep.web.page import ServerLimits, create_demo
+from tokstep.web.stream_route import PATH, streams_running
 
 PROMPT = "Once upon a time"
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,3 +109,24 @@ def test_the_readme_curl_line_streams_what_the_readme_shows(bundled_server_url):
     assert len(shown) == len(updates) == body["max_new_tokens"]
     assert [{k: u[k] for k in ("text", "token_id", "token")} for u in updates] == shown
     assert events == [("done", {"stop_reason": "max_new_tokens"})]
+
+
+def test_past_its_streams_at_once_the_route_answers_503_with_when_to_retry(tiny_lm):
+    runtime = InProcessRuntime()
+    lm = runtime.serve(tiny_lm)
+    demo = create_demo(lm, runtime=runtime, limits=ServerLimits(stream_workers=1))
+    with serving(demo) as url:
+        route = url.rstrip("/") + PATH
+        with ThreadPoolExecutor(1) as pool:
+            with runtime.forward_lock:  # no pass runs: the first stream holds its slot, waiting
+                first = pool.submit(stream, url, {"prompt": PROMPT, "max_new_tokens": 3})
+                deadline = time.monotonic() + 20
+                while streams_running(demo) < 1:
+                    assert time.monotonic() < deadline, "the first stream never started"
+                    time.sleep(0.02)
+                busy = httpx.post(route, json={"prompt": PROMPT}, timeout=30)
+            assert busy.status_code == 503
+            assert "at most 1 runs at once" in busy.json()["error"] and busy.headers["Retry-After"] == "5"
+            assert len(first.result(timeout=30)[0]) == 3
+        updates, _ = stream(url, {"prompt": PROMPT, "max_new_tokens": 2})  # the slot came back
+        assert len(updates) == 2

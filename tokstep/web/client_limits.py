@@ -40,7 +40,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Hashable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any
 
@@ -60,6 +60,9 @@ _OFF, _ON = {"0", "false", "no", "off", ""}, {"1", "true", "yes", "on"}
 # Idle clients with a full bucket are forgotten once this many clients are known (they would start
 # over with a full bucket anyway): a server that met a million addresses keeps no million records.
 PRUNE_AT = 1024
+# An event counted as it joined the queue (ClientLimits.api_join) stops counting when its run starts,
+# or after this long if it never does (its client went away and Gradio dropped it unrun).
+WAIT_EXPIRY_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,8 @@ class _Client:
     tokens: float  # in the bucket as of `updated`
     updated: float  # clock seconds
     runs: int = 0
+    # When each of its /generate events still waiting in Gradio's queue joined it (clock seconds).
+    waiting: list[float] = field(default_factory=list)
 
 
 class ClientLimits:
@@ -141,6 +146,28 @@ class ClientLimits:
         raise OverShareError. Use the result as a context manager around the run."""
         client = address_for(request, self.share.trust_forwarded_for)
         return self._admit(client, tokens, self.share.api_runs)
+
+    def api_join(self, request: Any) -> None:
+        """Count a /generate event of the caller of `request` joining Gradio's queue, or raise
+        OverShareError when its runs streaming and its events waiting already make its cap.
+
+        Checked as the event joins, before the queue holds it: a flood of joins would otherwise fill
+        the queue (its bound on waiting events is for everyone together) before its runs are refused
+        at their start, and the class behind it would be told the queue is full. The event stops
+        waiting when its run starts (`api_run`); one that never starts (its client went) stops
+        counting after WAIT_EXPIRY_S."""
+        cap = self.share.api_runs
+        if not cap:
+            return
+        client = address_for(request, self.share.trust_forwarded_for)
+        with self._lock:
+            known = self._refilled(client)
+            now = self._clock()
+            known.waiting = [joined for joined in known.waiting if now - joined < WAIT_EXPIRY_S]
+            if known.runs + len(known.waiting) >= cap:
+                message = too_many_runs(client, known.runs, cap, waiting=len(known.waiting))
+                raise OverShareError(message, title="Too many runs")
+            known.waiting.append(now)
 
     def page_run(self, request: Any, tokens: int) -> RunShare:
         """Admit an Auto-run of up to `tokens` tokens for the tab of `request`, or raise OverShareError."""
@@ -172,6 +199,8 @@ class ClientLimits:
                                          title="Too many tokens", retry_after_s=retry_s)  # fmt: skip
                 known.tokens -= tokens
             known.runs += 1
+            if known.waiting:  # the run of an event counted as it joined the queue (api_join)
+                known.waiting.pop(0)
         return RunShare(self, client, tokens)
 
     def _refilled(self, client: Hashable) -> _Client:
@@ -189,7 +218,8 @@ class ClientLimits:
     def _prune(self, now: float) -> None:
         rate = self.share.tokens_per_minute
         for key, known in list(self._clients.items()):
-            if known.runs == 0 and known.tokens + (now - known.updated) * rate / 60 >= rate:
+            full = known.tokens + (now - known.updated) * rate / 60 >= rate
+            if known.runs == 0 and full and not any(now - joined < WAIT_EXPIRY_S for joined in known.waiting):
                 del self._clients[key]
 
     def _ended(self, client: Hashable, unused: int) -> None:
@@ -228,9 +258,11 @@ def who(client: tuple[str, str]) -> str:
     return "This address" if client[0] == API else "This tab"
 
 
-def too_many_runs(client: tuple[str, str], runs: int, cap: int) -> str:
+def too_many_runs(client: tuple[str, str], runs: int, cap: int, waiting: int = 0) -> str:
     plural = "s" if runs != 1 else ""
     what = f"run{plural} streaming" if client[0] == API else f"Auto-run{plural} going"
+    if waiting:
+        what += f" and {waiting} waiting in the queue"
     return f"{who(client)} already has {runs} {what}; at most {cap} run at once. Wait for one to end, then retry."
 
 

@@ -67,6 +67,7 @@ from tokstep.web.page_layout import (
     share_row,
     token_view,
 )
+from tokstep.web.queue_admission import admit_joins
 from tokstep.web.rest import LaunchOptions
 from tokstep.web.stream_route import serve_streams
 from tokstep.web.views import legend_html
@@ -103,7 +104,8 @@ class ServerLimits:
     @property
     def threads(self) -> int:
         """Threads the server needs so that every event allowed to run at once has one."""
-        return 2 * self.autorun_workers + self.stream_workers + self.workers
+        # /generate's streams twice: through Gradio's queue and on the plain route (tokstep.web.stream_route).
+        return 2 * self.autorun_workers + 2 * self.stream_workers + self.workers
 
 
 # max_file_size: uploads past it are refused by Gradio before they reach tokstep; a little
@@ -180,7 +182,10 @@ def create_demo(
             bind(endpoint, context.lm_for, context.clients), api_name="generate",
             concurrency_limit=limits.stream_workers,
         )  # fmt: skip
-        serve_streams(demo, functools.partial(stream_updates, context.lm_for, context.clients))  # /stream/generate
+        # /stream/generate: the same /generate, as many streams at once as Gradio's queue runs of it.
+        updates = functools.partial(stream_updates, context.lm_for, context.clients)
+        serve_streams(demo, updates, max_streams=limits.stream_workers)
+        admit_joins(demo, context.clients)  # /generate past its caller's cap is refused as it joins the queue
     # api_open=False: Gradio's direct routes (/gradio_api/run/<name>, /api/<name>) would run an event
     # beside the queue, past its concurrency limits and its bound on waiting events.
     demo.queue(default_concurrency_limit=limits.workers, max_size=limits.max_queue, api_open=False)

@@ -34,6 +34,7 @@ from typing import Any
 from starlette.middleware import Middleware
 
 from tokstep.web.checks import titled
+from tokstep.web.queue_admission import QueueAdmission, refusal
 from tokstep.web.stream_route import stream_routes
 
 LOG = logging.getLogger("tokstep")
@@ -63,7 +64,7 @@ class RestCalls:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         # Refused calls' messages by the event id their POST answered with, until their stream is read.
-        self.refusals: OrderedDict[str, str] = OrderedDict()
+        self.refusals: OrderedDict[str, tuple[str, str]] = OrderedDict()  # (message, title)
         self.endpoints: dict[str, dict[str, Any]] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -73,7 +74,7 @@ class RestCalls:
         path, method = scope["path"], scope["method"]
         result = RESULT_PATH.search(path) if method == "GET" else None
         if result is not None and result["event_id"] in self.refusals:
-            await send_error_stream(send, self.refusals.pop(result["event_id"]))
+            await send_error_stream(send, *self.refusals.pop(result["event_id"]))
             return
         call = CALL_PATH.search(path) if method == "POST" else None
         if call is None:
@@ -87,6 +88,10 @@ class RestCalls:
         if isinstance(outcome, str):
             await self.refuse(send, outcome)
             return
+        over = refusal(scope, call["name"])  # the caller past its fair share: not into the queue
+        if over is not None:
+            await self.refuse(send, over.message, over.title, titled_already=True)
+            return
         await self.app(with_json_body(scope, outcome), replay(outcome, receive), send)
 
     def endpoints_of(self, scope: Scope) -> dict[str, dict[str, Any]]:
@@ -98,12 +103,13 @@ class RestCalls:
             self.endpoints = blocks.get_api_info(all_endpoints=True)["named_endpoints"]
         return self.endpoints
 
-    async def refuse(self, send: Send, message: str) -> None:
-        """Answer the POST with an event id whose stream is the error, as for any other bad call."""
-        message = titled(TITLE, message)
+    async def refuse(self, send: Send, message: str, title: str = TITLE, *, titled_already: bool = False) -> None:
+        """Answer the POST with an event id whose stream is the error, as for any other bad call
+        (`titled_already`: the message starts with its title)."""
+        message = message if titled_already else titled(title, message)
         LOG.warning("tokstep: %s", message)  # a client's mistake: one line, no traceback
         event_id = uuid.uuid4().hex
-        self.refusals[event_id] = message
+        self.refusals[event_id] = (message, title)
         while len(self.refusals) > MAX_REFUSALS:
             self.refusals.popitem(last=False)
         answer = json.dumps({"event_id": event_id}, separators=(",", ":"))  # as Gradio writes it
@@ -236,16 +242,17 @@ async def send_bytes(send: Send, status: int, content_type: str, body: bytes) ->
     await send({"type": "http.response.body", "body": body})
 
 
-async def send_error_stream(send: Send, message: str) -> None:
+async def send_error_stream(send: Send, message: str, title: str = TITLE) -> None:
     """A refused call's stream, as Gradio streams a failed event: one `event: error`."""
-    data = json.dumps({"error": message, "title": TITLE, "visible": True})
+    data = json.dumps({"error": message, "title": title, "visible": True})
     await send_bytes(send, 200, "text/event-stream", f"event: error\ndata: {data}\n\n".encode())
 
 
 def app_kwargs() -> dict[str, Any]:
     """What `demo.launch(app_kwargs=...)` takes to put `RestCalls` in front of the page's app. A new
     dict on every call: Gradio writes into the one it is given (its lifespan handler, each launch)."""
-    return {"middleware": [Middleware(RestCalls)], "routes": stream_routes()}
+    # QueueAdmission first: the queue's joins, and RestCalls' completed calls, meet the fair share.
+    return {"middleware": [Middleware(QueueAdmission), Middleware(RestCalls)], "routes": stream_routes()}
 
 
 class LaunchOptions(Mapping[str, Any]):

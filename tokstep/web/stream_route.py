@@ -41,9 +41,40 @@ PATH = "/stream/generate"
 MAX_BODY_BYTES = 2_000_000  # a prompt of 100,000 characters is under 1.2 MB of JSON, escaped
 DONE = object()  # what `next` gives back at the end of the updates
 
+BUSY_RETRY_S = 5  # what a refusal for a full server suggests: streams of a class last seconds
+
 # One page's /generate: (arguments, the Starlette request) -> its updates, checked as gr.Error.
 Updates = Callable[[dict[str, Any], Request], Iterator[dict]]
-_pages: weakref.WeakKeyDictionary[gr.Blocks, Updates] = weakref.WeakKeyDictionary()
+
+
+class StreamSlots:
+    """How many of the route's streams run at once, all clients together (each client's own cap is
+    its fair share, tokstep.web.client_limits): like Gradio's concurrency limit on /generate, it keeps
+    the route from taking every worker thread. A stream holds its slot while its updates live: given
+    back when it ends, and also when a response that never started is dropped (a client gone before
+    its first byte), as the updates go with it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._streams: weakref.WeakSet[Iterator[dict]] = weakref.WeakSet()
+
+    @property
+    def running(self) -> int:
+        return len(self._streams)
+
+    def take(self, updates: Iterator[dict]) -> bool:
+        """Hold a slot for `updates`; False when every slot is held. Only the event loop's thread
+        calls this, so no lock."""
+        if self.running >= self.limit:
+            return False
+        self._streams.add(updates)
+        return True
+
+    def give(self, updates: Iterator[dict]) -> None:
+        self._streams.discard(updates)
+
+
+_pages: weakref.WeakKeyDictionary[gr.Blocks, tuple[Updates, StreamSlots]] = weakref.WeakKeyDictionary()
 
 
 class GenerateCall(pydantic.BaseModel):
@@ -61,9 +92,16 @@ class GenerateCall(pydantic.BaseModel):
     model: Any = ""
 
 
-def serve_streams(demo: gr.Blocks, updates: Updates) -> None:
-    """Let `demo`'s app answer PATH with `updates` (held as long as the page is)."""
-    _pages[demo] = updates
+def serve_streams(demo: gr.Blocks, updates: Updates, max_streams: int) -> None:
+    """Let `demo`'s app answer PATH with `updates` (held as long as the page is), at most
+    `max_streams` at once."""
+    _pages[demo] = (updates, StreamSlots(max_streams))
+
+
+def streams_running(demo: gr.Blocks) -> int:
+    """How many of `demo`'s route streams hold a slot now."""
+    page = _pages.get(demo)
+    return page[1].running if page is not None else 0
 
 
 def stream_routes() -> list[Route]:
@@ -85,18 +123,28 @@ def error_body(error: gr.Error) -> dict[str, str]:
 
 
 async def generate_stream(request: Request) -> Response:
-    updates_for = _pages.get(request.app.get_blocks())
-    if updates_for is None:
+    page = _pages.get(request.app.get_blocks())
+    if page is None:
         return refusal(404, "Not served", f"This app serves no {PATH}.")
+    updates_for, slots = page
     arguments = await call_arguments(request)
     if isinstance(arguments, Response):
         return arguments
     updates = updates_for(arguments, request)
+    if not slots.take(updates):
+        busy = refusal(
+            503, "Server busy",
+            f"This server streams at most {slots.limit} runs at once on {PATH}, and all are taken: "
+            f"retry in {BUSY_RETRY_S} s.",
+        )  # fmt: skip
+        busy.headers["Retry-After"] = str(BUSY_RETRY_S)
+        return busy
     # The first update runs the checks (a bad argument, a client over its share) and the prompt's
     # pass: a refusal is an HTTP error, not a stream that starts and then fails.
     try:
         first = await anyio.to_thread.run_sync(next, updates, DONE)
     except gr.Error as error:
+        slots.give(updates)
         # 429 for a client over its share (the error says so, and when to retry), 400 for anything
         # else it sent.
         retry_after = getattr(error, "retry_after_s", None)
@@ -104,7 +152,7 @@ async def generate_stream(request: Request) -> Response:
         body = error_body(error) | ({"retry_after_s": retry_after} if retry_after is not None else {})
         return JSONResponse(body, status_code=getattr(error, "http_status", 400), headers=headers)
     headers = {"Cache-Control": "no-cache"}
-    return StreamingResponse(events(first, updates), media_type="text/event-stream", headers=headers)
+    return StreamingResponse(events(first, updates, slots), media_type="text/event-stream", headers=headers)
 
 
 async def call_arguments(request: Request) -> dict[str, Any] | Response:
@@ -130,7 +178,7 @@ async def call_arguments(request: Request) -> dict[str, Any] | Response:
         return refusal(400, "Bad call", f"{problems}. The arguments are: {names}; only prompt is required.")
 
 
-async def events(first: Any, updates: Iterator[dict]) -> AsyncIterator[bytes]:
+async def events(first: Any, updates: Iterator[dict], slots: StreamSlots) -> AsyncIterator[bytes]:
     """Each update as one event, then `done` (or `error`). Cancelled when the client goes: the
     update being made ends first (a thread cannot be stopped), then the run is closed."""
     update, last = first, None
@@ -144,3 +192,4 @@ async def events(first: Any, updates: Iterator[dict]) -> AsyncIterator[bytes]:
         yield sse(error_body(error), "error")
     finally:
         updates.close()  # the run ends: its prefetched pass is withdrawn, and no pass waits for it
+        slots.give(updates)
