@@ -79,6 +79,9 @@ async def stream_outputs(
     )
     if joined.status_code == 503:
         raise QueueFullError()
+    if joined.status_code == 422:  # refused at the door (a validator, or tokstep's fair share): its message
+        detail = joined.json().get("detail") or [{}]
+        raise JobError(str(joined.json().get("error") or detail[0].get("message") or joined.text[:200]))
     if joined.status_code != 200:
         raise JobError(f"join answered HTTP {joined.status_code}: {joined.text[:200]}")
     last: Any = None

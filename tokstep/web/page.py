@@ -96,9 +96,10 @@ class ServerLimits:
     autorun_workers: int = 32  # Auto-runs at once (page and chat each): mostly pausing between tokens
     # /generate streams at once. Their steps share batched forward passes (tokstep.runtimes.scheduler),
     # so a class's worth costs about one pass per token; more wait in the queue. One address holds at
-    # most FairShare.api_runs of them (4: a flood needs 8 addresses to fill them), one tab at most
-    # FairShare.page_runs Auto-runs; a refused run gives its worker back at once.
-    stream_workers: int = 32
+    # most FairShare.api_runs of them, so a class of 30 beside one flooding address (4) still fits, with
+    # room: a class that waited for a worker would wait for another's whole run. A flood needs 12
+    # addresses to fill them; one tab holds at most FairShare.page_runs Auto-runs.
+    stream_workers: int = 48
     workers: int = 8  # Steps, resets and the like at once (their passes are batched too)
 
     @property
