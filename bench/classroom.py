@@ -414,12 +414,16 @@ WALL_RATIO_TARGET, GAP_RATIO_TARGET = 1.2, 1.5
 def run_path(
     path: str, lm: LanguageModel, server: BenchServer, n_clients: int, tokens: int, deadline_s: float
 ) -> dict[str, float]:
-    """One level on one serving path: the clients' stats."""
+    """One level on one serving path: the clients' stats (the reasons of any failures printed)."""
     if path != "engine":
-        return run_level(server, n_clients, tokens, deadline_s, path).stats(tokens)
-    results = [ClientResult() for _ in range(n_clients)]
-    run_engine_alone(lm, tokens, results, deadline_s)
-    return LevelResult(n_clients, results, float("nan"), float("nan"), float("nan")).stats(tokens)
+        level = run_level(server, n_clients, tokens, deadline_s, path)
+    else:
+        results = [ClientResult() for _ in range(n_clients)]
+        run_engine_alone(lm, tokens, results, deadline_s)
+        level = LevelResult(n_clients, results, float("nan"), float("nan"), float("nan"))
+    if level.failures(tokens):
+        print(f"  {n_clients} clients, {path}, failures: {level.failures(tokens)}", flush=True)
+    return level.stats(tokens)
 
 
 # The flood: one client (one address) keeps this many /generate streams of this many tokens going,
