@@ -440,3 +440,12 @@ def test_a_flood_of_joins_from_one_address_leaves_the_queue_to_others(tiny_lm):
     )
     assert int(flood[-1].headers["Retry-After"]) > 0
     assert student.status_code == 200 and "event_id" in student.json()
+
+
+def test_calls_refused_as_they_start_give_their_place_in_the_queue_back(share_server, tiny_lm):
+    # Each call is counted as waiting when it joins the queue; one refused when it starts (a bad
+    # argument, past the ceiling) must stop counting then, or a few would lock its caller out.
+    caller = share_server.client("198.51.100.40")
+    for _ in range(SHARE.api_runs + 2):
+        assert "max_new_tokens must be a whole number" in refusal(caller, PROMPT, -1, api_name="/generate")
+    assert [u["token_id"] for u in caller.submit(PROMPT, 3, api_name="/generate")] == greedy(tiny_lm, PROMPT, 3)

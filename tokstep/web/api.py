@@ -179,6 +179,27 @@ def generate(
     model: str = "",
     request: gr.Request | None = None,
 ) -> Iterator[dict]:
+    clients.left_queue(request)  # counted as waiting when it joined (tokstep.web.queue_admission)
+    yield from shared_updates(
+        lm_for, clients, prompt, max_new_tokens, sample, temperature, top_k, top_p, seed, model, request
+    )
+
+
+def shared_updates(
+    lm_for: Callable[[str], LanguageModel],
+    clients: ClientLimits,
+    prompt: Any,
+    max_new_tokens: Any,
+    sample: Any,
+    temperature: Any,
+    top_k: Any,
+    top_p: Any,
+    seed: Any,
+    model: Any,
+    request: Any,
+) -> Iterator[dict]:
+    """/generate's updates within its caller's fair share (`request`: a gr.Request, or a Starlette
+    request on the plain route)."""
     # First, before the model is even looked up: a caller past its share leaves the queue at once.
     tokens = within_ceiling(max_new_tokens, clients.share.max_api_tokens)
     with clients.api_run(request, tokens) as share:
@@ -215,5 +236,6 @@ def stream_updates(
     lm_for: Callable[[str], LanguageModel], clients: ClientLimits, arguments: dict[str, Any], request: Any
 ) -> Iterator[dict]:
     """/generate for the plain server-sent events route (tokstep.web.stream_route), by argument name;
-    its caller is named by `request` (a Starlette request) as /generate's is."""
-    yield from generate(lm_for, clients, **arguments, request=request)
+    its caller is named by `request` (a Starlette request) as /generate's is. It never waited in
+    Gradio's queue."""
+    yield from shared_updates(lm_for, clients, **arguments, request=request)

@@ -154,8 +154,8 @@ class ClientLimits:
         Checked as the event joins, before the queue holds it: a flood of joins would otherwise fill
         the queue (its bound on waiting events is for everyone together) before its runs are refused
         at their start, and the class behind it would be told the queue is full. The event stops
-        waiting when its run starts (`api_run`); one that never starts (its client went) stops
-        counting after WAIT_EXPIRY_S."""
+        waiting when its handler starts (`left_queue`); one that never starts (its client went)
+        stops counting after WAIT_EXPIRY_S."""
         cap = self.share.api_runs
         if not cap:
             return
@@ -168,6 +168,15 @@ class ClientLimits:
                 message = too_many_runs(client, known.runs, cap, waiting=len(known.waiting))
                 raise OverShareError(message, title="Too many runs")
             known.waiting.append(now)
+
+    def left_queue(self, request: Any) -> None:
+        """A /generate event of the caller of `request` left Gradio's queue: its handler started,
+        whatever it then does (admitted, refused, failed). It no longer counts as waiting."""
+        client = address_for(request, self.share.trust_forwarded_for)
+        with self._lock:
+            known = self._clients.get(client)
+            if known is not None and known.waiting:
+                known.waiting.pop(0)
 
     def page_run(self, request: Any, tokens: int) -> RunShare:
         """Admit an Auto-run of up to `tokens` tokens for the tab of `request`, or raise OverShareError."""
@@ -199,8 +208,6 @@ class ClientLimits:
                                          title="Too many tokens", retry_after_s=retry_s)  # fmt: skip
                 known.tokens -= tokens
             known.runs += 1
-            if known.waiting:  # the run of an event counted as it joined the queue (api_join)
-                known.waiting.pop(0)
         return RunShare(self, client, tokens)
 
     def _refilled(self, client: Hashable) -> _Client:
