@@ -17,6 +17,7 @@ from gradio_client import Client
 
 from tokstep.web.absent_modules import LOOKED_UP_WHILE_SERVING, mark_absent
 from tokstep.web.deployment import Tweaks, apply_process_tweaks
+from tokstep.web.views import VIEW_OUTPUTS
 
 
 class RecordingFinder(importlib.abc.MetaPathFinder):
@@ -94,7 +95,8 @@ def test_serving_events_and_tables_searches_for_no_missing_package(server_url):
     with searched_names() as names:
         view = client.predict("Once upon a time", *SETTINGS, api_name="/step")
         updates = list(client.submit("Once upon a time", 3, api_name="/generate"))
-    assert view[-1].startswith("Once upon a time") and len(updates) == 3  # the events really ran
+    text = view[VIEW_OUTPUTS.index("text") - 1]  # the text so far (an API client gets no gr.State)
+    assert text.startswith("Once upon a time") and len(updates) == 3  # the events really ran
     assert not set(missing) & set(names)
 
 

@@ -7,7 +7,7 @@ import pytest
 from conftest import SETTINGS
 from gradio_client import Client
 from gradio_client.exceptions import AppError
-from test_server import STATUS, TOKENS, TOPK, TOPK_TABLE, generated_ids, greedy, table_rows
+from test_server import STATUS, TEXT, TOKENS, TOPK, TOPK_TABLE, generated_ids, greedy, table_rows
 
 import tokstep
 from tokstep.core.sampling import SamplingSettings
@@ -56,7 +56,7 @@ def test_autorun_with_a_seed_twice_gives_the_same_text(client, tiny_lm):
     for _ in range(2):
         client.predict(PROMPT, *SAMPLED, api_name="/reset")
         last = list(client.submit(PROMPT, 8, 20.0, *SAMPLED, api_name="/autorun"))[-1]
-        texts.append(last[-1])
+        texts.append(last[TEXT])
         assert all(chip.endswith(" sampled") for chip in chips(last)[len(chips(last)) - 8 :])
     assert texts[0] == texts[1]
     sampling = SamplingSettings(temperature=1.2, top_k=40, top_p=0.95, seed=7)

@@ -22,6 +22,7 @@ from tokstep.core.model import LanguageModel
 from tokstep.core.sampling import SamplingSettings
 from tokstep.web import api
 from tokstep.web.constants import DEFAULT_PROMPT
+from tokstep.web.views import VIEW_OUTPUTS
 
 PROMPT = "Once upon a time"
 # /generate's arguments from its own signature: from `prompt` on (what the page binds comes first),
@@ -165,7 +166,7 @@ def test_the_page_events_take_their_defaults_from_curl(rest_url, tiny_lm):
     assert events[-1][0] == "complete", events
     stepper = tokstep.TokenStepper.from_text(tiny_lm, DEFAULT_PROMPT)
     stepper.step()
-    assert events[-1][1][-1] == stepper.text()  # the view's last output: the text so far
+    assert events[-1][1][VIEW_OUTPUTS.index("text")] == stepper.text()  # the text so far (REST sends the state too)
 
 
 def readme_calls() -> list[tuple[str, bool, dict]]:

@@ -112,6 +112,9 @@ class NextTokenSummary:
     top_ids: list[int]  # the min(SUMMARY_TOP_K, vocab) most likely tokens, highest first
     top_probs: list[float]  # their probabilities
     estimates: frozenset[Estimate] = field(default=frozenset())  # which numbers are estimates, not exact
+    # The last sampler `sampler` gave, by its settings: the page's view, its settings' help and the
+    # Step after them ask for the same one, and each costs a softmax (with top-p, a sort of the vocabulary).
+    _samplers: dict[SamplingSettings, Sampler] = field(default_factory=dict, init=False, repr=False)
 
     def top(self, k: int) -> tuple[list[int], list[float]]:
         """The k most likely tokens, highest first, and their probabilities."""
@@ -121,8 +124,14 @@ class NextTokenSummary:
         return top_indices.tolist(), top_values.tolist()
 
     def sampler(self, settings: SamplingSettings) -> Sampler:
-        """The distribution a token is drawn from under `settings` (tokstep's own, from the logits)."""
-        return TensorSampler(self.logits, settings)
+        """The distribution a token is drawn from under `settings` (tokstep's own, from the logits); the
+        same object again while the settings stay the same (one kept: it holds a (vocab,) tensor)."""
+        kept = self._samplers.get(settings)
+        if kept is None:
+            kept = TensorSampler(self.logits, settings)
+            self._samplers.clear()
+            self._samplers[settings] = kept
+        return kept
 
     def prob(self, token_id: int) -> float:
         """`token_id`'s probability (read from the top tokens when it is the most likely one)."""

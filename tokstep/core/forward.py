@@ -21,9 +21,9 @@ between clients (the batched runtime, when more sequences wait than fit in a pas
 from __future__ import annotations
 
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import torch
 from transformers import PreTrainedModel
@@ -80,6 +80,16 @@ class PassCancelled(Exception):
     """A sequence's pass was cancelled while it ran (`Forward.interrupt`): nothing was changed."""
 
 
+class ModelNotHere(RuntimeError):
+    """What needs the model itself in this process (`Forward.inspect`: the "Why this token?" views) on
+    a runtime whose passes run elsewhere (a serving engine, ZeroGPU's GPU calls). The message is one
+    sentence for the page."""
+
+
+# What `Forward.inspect` hands back: whatever its reader returns.
+Inspected = TypeVar("Inspected")
+
+
 class CacheHolder(Protocol):
     """A sequence that keeps a KV cache and can give it back (TokenStepper)."""
 
@@ -89,6 +99,9 @@ class CacheHolder(Protocol):
 class Forward:
     """Where passes run. Subclasses give `forward` and `prompt_logits`; the rest are hooks a
     runtime may use, and do nothing by default."""
+
+    # Where a runtime that does not run the model in this process runs it, for ModelNotHere's message.
+    runs_where = "elsewhere"
 
     def forward(self, ids: Sequence[int], cache: Cache | None, cached: int, sequence: Hashable) -> ForwardResult:
         """Feed `ids` on top of `cache` (which holds `cached` positions) and return the next
@@ -110,6 +123,17 @@ class Forward:
         target_probs = probs.gather(1, targets[:, None])  # (T - 1, 1)
         ranks = (probs > target_probs).sum(dim=1) + 1  # (T - 1,)
         return list(zip(target_probs[:, 0].tolist(), ranks.tolist(), strict=True))
+
+    def inspect(self, ids: Sequence[int], reader: Callable[[PreTrainedModel, list[int]], Inspected]) -> Inspected:
+        """`reader(model, ids)`: an extra pass over `ids` that reads more of the model than the next
+        token's distribution (hidden states, attention weights: tokstep.core.why), run where and when
+        this runtime runs its passes. It runs in inference mode and, in a runtime that shares the model
+        between threads, one at a time with its other passes, so the reader may switch the model's
+        attention implementation for its own pass (restoring it before it returns). Never on a step's
+        path: only what asks for it pays. ModelNotHere where the model does not run in this process."""
+        raise ModelNotHere(
+            f"This needs the model's own layers in this process, and here its passes run {self.runs_where}."
+        )
 
     def prefetch(self, ids: Sequence[int], cache: Cache | None, cached: int, sequence: Hashable) -> PendingPass | None:
         """Queue the pass `forward` would run and return at once, or None when this runtime does
@@ -191,3 +215,10 @@ class DirectForward(Forward):
 
     def prompt_logits(self, ids: Sequence[int]) -> torch.Tensor:
         return full_logits(self.model, ids)
+
+    def inspect(self, ids: Sequence[int], reader: Callable[[PreTrainedModel, list[int]], Inspected]) -> Inspected:
+        # In the caller's thread, as every pass here: a notebook that inspects while another of its
+        # threads steps the same model lets that step run with the reader's attention implementation
+        # (the same numbers, to float rounding).
+        with torch.inference_mode():
+            return reader(self.model, [int(i) for i in ids])

@@ -78,9 +78,12 @@ def step_dict(step: Step) -> dict[str, Any]:
 def export_run(
     stepper: TokenStepper, top_k: int = 5, sampling: SamplingSettings | None = None, score_prompt: bool = False
 ) -> dict[str, Any]:
-    """The run as a JSON-ready dict: model, page settings, prompt and every generated step."""
+    """The run as a JSON-ready dict: model, page settings, prompt and every generated step, and the
+    paths tried besides (`branches`, only when there are any: tokstep.core.run_branches)."""
+    from tokstep.core.run_branches import branches_field  # here: that module builds on this one
+
     lm = stepper.lm
-    return {
+    run = {
         "format": FORMAT,
         "version": VERSION,
         "model": {"name": lm.name, "vocab_size": lm.vocab_size, "context_length": lm.context_length},
@@ -94,6 +97,9 @@ def export_run(
         "steps": [step_dict(step) for step in stepper.steps],
         "text": stepper.text(),
     }
+    if branches := branches_field(stepper):
+        run["branches"] = branches
+    return run
 
 
 def dumps_run(run: dict[str, Any]) -> str:
@@ -249,7 +255,10 @@ def run_model_name(run: dict[str, Any]) -> str | None:
 
 
 def restore_run(lm: LanguageModel, run: dict[str, Any], max_top_k: int = 20) -> RestoredRun:
-    """Rebuild the state a checked run file describes (see `parse_run`); RunFileError if it cannot."""
+    """Rebuild the state a checked run file describes (see `parse_run`), its branches in the stepper's
+    tree of paths; RunFileError if it cannot."""
+    from tokstep.core.run_branches import check_branches, restore_branches  # here: it builds on this module
+
     warnings: list[str] = []
     model = run.get("model")
     name = model.get("name") if isinstance(model, dict) else None
@@ -265,7 +274,9 @@ def restore_run(lm: LanguageModel, run: dict[str, Any], max_top_k: int = 20) -> 
         raise RunFileError(
             f"The run has {len(ids) + len(steps)} tokens, but {lm.name} reads at most {lm.context_length}."
         )
+    branches = check_branches(lm, run, len(ids), [step.token_id for step in steps])
     stepper = TokenStepper(lm, ids, text)
     for index, recorded in enumerate(steps):
         _replay(stepper, recorded, top_k, index, warnings)
+    restore_branches(stepper, branches, top_k, warnings)
     return RestoredRun(stepper, top_k, sampling, score_prompt, warnings)

@@ -29,6 +29,7 @@ from transformers.cache_utils import Cache
 from tokstep.core.distribution import Estimate, NextTokenSummary, Sampler, SamplerName
 from tokstep.core.forward import ForwardResult, PassCancelled, PendingPass, SequenceKey
 from tokstep.core.model import LanguageModel
+from tokstep.core.path_tree import PathTree
 from tokstep.core.sampling import SamplingSettings
 from tokstep.core.tokens import tokenize
 
@@ -191,6 +192,9 @@ class TokenStepper:
         # caller); handed to the runtime with every pass (`sequence`), which may share its passes
         # between clients by it. None: the sequence is a client of its own.
         self.client: Hashable = None
+        # Every path taken from this prompt (tokstep.core.path_tree): Undo and `go_to` leave the
+        # path they change there as a branch. A Step adds nothing to it (the tree reads `steps`).
+        self.paths = PathTree()
 
     @classmethod
     def from_text(cls, lm: LanguageModel, prompt: str) -> TokenStepper:
@@ -360,6 +364,12 @@ class TokenStepper:
         with self._lock:
             return self._forward_pending().sampler(sampling)
 
+    def next_summary(self) -> NextTokenSummary:
+        """The next token's distribution as the runtime gave it (the whole of it in process; the top
+        tokens from a serving engine): what tokstep.core.explain reads."""
+        with self._lock:
+            return self._forward_pending()
+
     def prompt_scores(self) -> list[TokenScore]:
         """How likely the model found each prompt token (computed once: the prompt never changes)."""
         if self._prompt_scores is None:
@@ -460,6 +470,7 @@ class TokenStepper:
         with self._lock:
             if not self.can_undo:
                 raise UndoError("Nothing to undo: only the prompt is left. Step to generate a token first.")
+            self.paths.follow(self.steps)  # the token taken back stays in the tree of paths
             self._drop_prefetch()  # the cache is cropped below: no pass may be writing into it
             self.ids.pop()
             step = self.steps.pop()
@@ -472,6 +483,40 @@ class TokenStepper:
                 self._cache, self._cached = None, 0
             self._next = None
         return step
+
+    def go_to(self, steps: Sequence[Step]) -> None:
+        """Make the sequence the prompt followed by `steps`' tokens, with these Steps as its records:
+        a path taken before (tokstep.core.path_tree.jump), put back exactly. The path left stays in
+        the tree. The KV cache keeps the positions both paths share (cropped as `undo` crops it), and
+        the next distribution reads the rest in one pass. ValueError for Steps that do not follow
+        the prompt position by position, or that do not fit in the context."""
+        steps = list(steps)
+        for offset, step in enumerate(steps):
+            expected = self.prompt_length + offset
+            if step.position != expected:
+                raise ValueError(f"Step {offset + 1} is at position {step.position}, not {expected}.")
+            check_token_id(step.token_id, self.lm.vocab_size)
+        limit = self.lm.context_length
+        if limit is not None and self.prompt_length + len(steps) > limit:
+            raise ValueError(context_full_message(self.lm))
+        with self._lock:
+            self.paths.follow(self.steps)
+            ids = self.ids[: self.prompt_length] + [step.token_id for step in steps]
+            if ids == self.ids:  # the same tokens: only the records change, the cache stays as it is
+                self.steps[:] = steps
+                self.paths.follow(self.steps)
+                return
+            self._drop_prefetch()  # the cache may be cropped below: no pass may be writing into it
+            shared = self.prompt_length
+            while shared < min(len(ids), len(self.ids)) and ids[shared] == self.ids[shared]:
+                shared += 1
+            # As after an undo, at least the last token is read again: the distribution after it.
+            keep = min(shared, len(ids) - 1)
+            if self._cache is not None and self._cached > keep and not self._crop_cache(keep):
+                self._cache, self._cached = None, 0
+            self.ids[:], self.steps[:] = ids, steps  # the same lists: callers may hold them
+            self._next = None
+            self.paths.follow(self.steps)
 
     def _crop_cache(self, keep: int) -> bool:
         """Crop the KV cache to its first `keep` positions; False when it cannot be put back as it

@@ -367,6 +367,8 @@ class EnginePending(PendingPass):
 class EngineForward(Forward):
     """Passes of one model through the engine's completions API (see the module docstring)."""
 
+    runs_where = "in a serving engine, which sends back only the most likely next tokens"  # so no `inspect`
+
     def __init__(self, runtime: EngineRuntime, lm: LanguageModel, served_name: str) -> None:
         self.runtime = runtime
         self.client = runtime.client

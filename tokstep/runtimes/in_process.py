@@ -22,12 +22,13 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import torch
+from transformers import PreTrainedModel
 from transformers.cache_utils import Cache
 
-from tokstep.core.forward import CacheHolder, Forward, ForwardResult, PendingPass, full_logits
+from tokstep.core.forward import CacheHolder, Forward, ForwardResult, Inspected, PendingPass, full_logits
 from tokstep.core.model import LanguageModel
 from tokstep.runtimes.packed_linear import pack_linear_layers
 from tokstep.runtimes.scheduler import DEFAULT_MAX_BATCH, ForwardBatcher
@@ -50,6 +51,12 @@ class BatchedForward(Forward):
     def prompt_logits(self, ids: Sequence[int]) -> torch.Tensor:
         with self.batcher.forward_lock:  # a pass like any other: one at a time
             return full_logits(self.batcher.model, ids)
+
+    def inspect(self, ids: Sequence[int], reader: Callable[[PreTrainedModel, list[int]], Inspected]) -> Inspected:
+        # Under the runtime's lock, as every pass: no other pass runs meanwhile, so none sees the
+        # attention implementation the reader may switch to for its own pass.
+        with self.batcher.forward_lock, torch.inference_mode():
+            return reader(self.batcher.model, [int(i) for i in ids])
 
     def prefetch(self, ids: Sequence[int], cache: Cache | None, cached: int, sequence: Hashable) -> PendingPass | None:
         # Not for a lone sequence on an accelerator, where it does not pay (see should_prefetch).

@@ -101,6 +101,8 @@ def _cpu_layers(cache: Any) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
 class ZeroGPUForward(Forward):
     """A model's passes, each in its own `spaces.GPU` call (see the module docstring)."""
 
+    runs_where = "in ZeroGPU's GPU calls, each of which sends back only the next token's distribution"  # no `inspect`
+
     def __init__(self, model: PreTrainedModel, strategy: str) -> None:
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}.")

@@ -22,7 +22,9 @@ CSS = """
 #tokens .token .text, #tokens .token .label { color: #111 !important; }
 #tokens .token .label { text-transform: none !important; }
 #status p { margin: 0.25em 0; }
-#step, #autorun, #stop, #reset, #undo, #continue, #chat-switch, .gallery-item, .example { min-height: 44px; }
+#step, #autorun, #stop, #reset, #undo, #continue, #chat-switch, #why-update, #paths-go, .gallery-item, .example {
+  min-height: 44px;
+}
 #legend .chip { color: #111; padding: 0 .4em; border-radius: 4px; white-space: nowrap; }
 /* Gradio's orange and red buttons carry white text at about 3:1; these darker shades pass 4.5:1. */
 #step { background: #c2410c !important; border-color: #c2410c !important; color: #fff !important; }

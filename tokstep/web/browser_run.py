@@ -5,7 +5,8 @@ What the browser keeps is a run file's data less what restoring computes again: 
 the page's settings, the prompt's text and ids, and for each generated token its id, how it was
 chosen (greedy, picked, sampled and with which settings), why a run stopped there, and the
 probability the model gave it (restoring compares it, so a model with other weights under the same
-name is noticed). A long run stays small: no top-k lists, no texts of tokens.
+name is noticed); the paths tried besides (a run file's `branches`) the same way, so a reload gets
+the tree of paths back too. A long run stays small: no top-k lists, no texts of tokens.
 
 After every event that changes the tab's sequence (Step, Auto-run's end, Undo, a pick, Reset, the
 prompt, a setting, the model, a run file), `on_store` writes the run to the tab's BrowserState; on
@@ -71,9 +72,15 @@ class BrowserStorage:
 def stored_run(stepper: TokenStepper, settings: PageSettings) -> dict[str, Any]:
     """The run as the browser keeps it: a run file (tokstep.core.run_files) with only what restoring reads."""
     run = export_run(stepper, settings.top_k, settings.sampling, settings.score_prompt)
-    run["steps"] = [{key: step[key] for key in STORED_STEP_FIELDS if step[key] is not None} for step in run["steps"]]
+    run["steps"] = _stored_steps(run["steps"])
+    for branch in run.get("branches", ()):  # the paths tried besides (tokstep.core.run_branches), as small
+        branch["steps"] = _stored_steps(branch["steps"])
     del run["text"]  # the ids give it
     return run
+
+
+def _stored_steps(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [{key: step[key] for key in STORED_STEP_FIELDS if step[key] is not None} for step in steps]
 
 
 def read_stored_run(context: PageContext, value: Any) -> RestoredRun | None:

@@ -53,6 +53,7 @@ from tokstep.web.bind import bind
 from tokstep.web.browser_run import BrowserStorage
 from tokstep.web.chat_section import ModelSwitch, add_chat
 from tokstep.web.client_limits import ClientLimits, FairShare
+from tokstep.web.compare_section import compare_section
 from tokstep.web.constants import DEFAULT_PROMPT, NOTEBOOK_PROMPT
 from tokstep.web.model_choice import ModelCache, allowed_models, chat_models, unavailable_models
 from tokstep.web.page_context import PageContext
@@ -67,10 +68,13 @@ from tokstep.web.page_layout import (
     share_row,
     token_view,
 )
+from tokstep.web.path_tree_view import PathTreeUI, path_tree_section, wire_path_tree
 from tokstep.web.queue_admission import admit_joins
 from tokstep.web.rest import LaunchOptions
+from tokstep.web.sampling_help import SamplingHelpBoxes
 from tokstep.web.stream_route import serve_streams
 from tokstep.web.views import legend_html
+from tokstep.web.why_section import why_section
 
 __all__ = ["JS", "LAUNCH_OPTIONS", "ServerLimits", "create_demo"]
 
@@ -165,7 +169,13 @@ def create_demo(
         model = header(notice, cache.allowed, context.default_model, cache.unavailable)
         buttons = controls(model, prompt)
         view, mode = token_view(buttons, legend_html(lm))
-        ui = PageUI(session, buttons, view, share_row(), settings_accordion(mode), notebook_tables())
+        help_boxes = SamplingHelpBoxes.create()  # rendered in the settings accordion, beside each setting
+        ui = PageUI(
+            session, buttons, view, share_row(), settings_accordion(mode, help_boxes), notebook_tables(), help_boxes
+        )
+        why_section(ui)  # "Why this token?": layer by layer and where it looked (closed until asked for)
+        paths = path_tree_section()  # "Paths you tried": every branch, and going back to one (closed)
+        compare_section(ui, context, limits.autorun_workers)  # "Two models side by side" (closed)
         # Chat mode: the same model, stepping the assistant's reply (closed until asked for).
         with gr.Accordion("Chat mode: step through a chat model's reply", open=False, elem_id="chat-mode"):
             add_chat(
@@ -176,7 +186,7 @@ def create_demo(
         examples = gr.Examples(
             [[DEFAULT_PROMPT], [NOTEBOOK_PROMPT]], inputs=ui.controls.prompt, label="Example prompts"
         )
-        wire_page(demo, ui, context, limits, examples)
+        wire_page(demo, ui, context, limits, examples, paths)
         # /generate's schema is its function's signature; a page without a model list has no `model`.
         endpoint = generate if context.offers_choice else generate_on_the_one_model
         gr.api(
@@ -193,7 +203,14 @@ def create_demo(
     return demo
 
 
-def wire_page(demo: gr.Blocks, ui: PageUI, context: PageContext, limits: ServerLimits, examples: gr.Examples) -> None:
+def wire_page(
+    demo: gr.Blocks,
+    ui: PageUI,
+    context: PageContext,
+    limits: ServerLimits,
+    examples: gr.Examples,
+    paths: PathTreeUI | None = None,
+) -> None:
     """Every event of the page, each to its handler. Events named with `api_name` stay callable by
     API clients (undocumented): tests and benchmarks drive the page through them."""
     session, controls, links = ui.session, ui.controls, ui.share
@@ -291,3 +308,5 @@ def wire_page(demo: gr.Blocks, ui: PageUI, context: PageContext, limits: ServerL
         cancels=[autorun_event],
         concurrency_limit=None, **private,
     ).then(**store)  # fmt: skip
+    if paths is not None:  # Go to a node stops Auto-run, as Undo does (tokstep.web.path_tree_view)
+        wire_path_tree(paths, ui, context, store, cancels=[autorun_event])

@@ -36,6 +36,7 @@ from tokstep.web.constants import (
     TOP_P_MIN,
 )
 from tokstep.web.model_choice import describe
+from tokstep.web.sampling_help import SamplingHelpBoxes
 from tokstep.web.views import LEGEND, TOKEN_TABLE_HEADERS, TOPK_TABLE_HEADERS, PageView
 
 TITLE = (
@@ -137,12 +138,16 @@ class PageUI:
     share: ShareRow
     settings: SettingsControls
     tables: Tables
+    sampling_help: SamplingHelpBoxes  # beside the settings' controls
 
     @property
     def view_outputs(self) -> list[Component]:
         """The outputs a `PageView` fills, in the order of tokstep.web.views.VIEW_OUTPUTS."""
         view, tables = self.view, self.tables
-        return [self.session.state, view.tokens, view.topk, view.status, tables.tokens, tables.topk, view.text]
+        return [
+            self.session.state, view.tokens, view.topk, view.status, tables.tokens, tables.topk, view.text,
+            *self.sampling_help.components,
+        ]  # fmt: skip
 
     def show(self, shown: PageView) -> dict[Component, Any]:
         """An event's update for `shown`: every view output's new value."""
@@ -242,24 +247,32 @@ def share_row() -> ShareRow:
     return ShareRow(copy_link, export, load, link, export_file)
 
 
-def settings_accordion(mode: gr.Radio) -> SettingsControls:
+def settings_accordion(mode: gr.Radio, help_boxes: SamplingHelpBoxes) -> SettingsControls:
     """How Step and Auto-run choose: the mode (shown beside the top-k, see `token_view`), the sampling
-    settings, the top-k size, colouring the prompt."""
+    settings, each above its help box (tokstep.web.sampling_help), the top-k size, colouring the prompt."""
     with gr.Accordion("Choosing: sampling settings, top-k size", open=False, elem_id="choosing"):
         with gr.Row():
             top_k_size = gr.Slider(
                 1, MAX_TOP_K, value=DEFAULT_TOP_K, step=1, label="Top-k size (candidates shown)",
                 elem_id="topk-size",
             )  # fmt: skip
-        with gr.Row():
-            temperature = gr.Slider(
-                *TEMPERATURE_RANGE, value=1.0, step=0.05, label="Temperature", elem_id="temperature"
-            )
-            sample_top_k = gr.Slider(
-                0, SAMPLE_TOP_K_MAX, value=0, step=1, label="Sample from top k (0 = all)", elem_id="top-k"
-            )
-            top_p = gr.Slider(TOP_P_MIN, 1.0, value=1.0, step=0.05, label="Top-p (1 = all)", elem_id="top-p")
-            seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="seed")
+        with gr.Row(elem_id="sampling-settings"):  # a column per setting; they stack on a phone
+            with gr.Column(min_width=220):
+                temperature = gr.Slider(
+                    *TEMPERATURE_RANGE, value=1.0, step=0.05, label="Temperature", elem_id="temperature"
+                )
+                help_boxes.temperature.render()
+            with gr.Column(min_width=220):
+                sample_top_k = gr.Slider(
+                    0, SAMPLE_TOP_K_MAX, value=0, step=1, label="Sample from top k (0 = all)", elem_id="top-k"
+                )
+                help_boxes.top_k.render()
+            with gr.Column(min_width=220):
+                top_p = gr.Slider(TOP_P_MIN, 1.0, value=1.0, step=0.05, label="Top-p (1 = all)", elem_id="top-p")
+                help_boxes.top_p.render()
+            with gr.Column(min_width=220):
+                seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id="seed")
+                help_boxes.seed.render()
         score_prompt = gr.Checkbox(
             label="Colour prompt tokens by how likely the model found them", elem_id="score-prompt"
         )

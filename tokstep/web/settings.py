@@ -143,6 +143,9 @@ class PageSettings:
     top_k: int = DEFAULT_TOP_K  # how many candidates the label and table show
     sampling: SamplingSettings | None = None  # None: greedy stepping
     score_prompt: bool = False  # colour prompt tokens by how likely the model found them
+    # What the sampling controls say, also in greedy mode (`sampling` None): the help beside them
+    # explains them either way (tokstep.web.sampling_help). Not part of what the settings are.
+    sampling_controls: SamplingSettings = field(default=SamplingSettings(), compare=False)
 
     @classmethod
     def from_inputs(cls, values: Mapping[Any, Any]) -> PageSettings:
@@ -152,6 +155,9 @@ class PageSettings:
             top_k=read["top_k"],
             sampling=sampling_from(read, top_k=read["sample_top_k"], top_p=read["top_p"]),
             score_prompt=read["score_prompt"],
+            sampling_controls=SamplingSettings(
+                temperature=read["temperature"], top_k=read["sample_top_k"], top_p=read["top_p"], seed=read["seed"]
+            ),
         )
 
 

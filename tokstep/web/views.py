@@ -2,7 +2,8 @@
 
 `render(stepper, settings, note)` returns a `PageView`: the values of the page's view outputs, by
 name and in the order of `VIEW_OUTPUTS` (the per-user state, the token chips, the top-k label, the
-status text, the two tables of the notebook, and the text so far). `PageUI.show` in
+status text, the two tables of the notebook, the text so far, and the help beside the sampling
+settings, tokstep.web.sampling_help). `PageUI.show` in
 tokstep.web.page_layout turns it into an update keyed by component.
 """
 
@@ -26,6 +27,7 @@ from tokstep.core.stepper import (
 from tokstep.core.tokens import visible_whitespace
 from tokstep.runtimes.engine import EngineError
 from tokstep.web.assets import PROMPT_COLOR, RANK_COLORS
+from tokstep.web.sampling_help import help_texts, static_help
 from tokstep.web.settings import PageSettings
 
 
@@ -39,6 +41,11 @@ class PageView(NamedTuple):
     token_table: dict[str, list]
     topk_table: dict[str, list]
     text: str
+    # The help beside the sampling settings, with this step's numbers (tokstep.web.sampling_help).
+    temperature_help: str
+    top_k_help: str
+    top_p_help: str
+    seed_help: str
 
 
 VIEW_OUTPUTS = PageView._fields  # the view outputs' names, in their order
@@ -169,7 +176,9 @@ def _next_candidates(
 def render(stepper: TokenStepper | None, settings: PageSettings, note: str = "") -> PageView:
     """What the page shows for `stepper` (None: no sequence, e.g. a prompt it could not take)."""
     if stepper is None:
-        return PageView(None, token_chips(None, False), {}, note, [], [], "")
+        return PageView(
+            None, token_chips(None, False), {}, note, [], [], "", *static_help(settings.sampling is not None)
+        )
     lm = stepper.lm
     token_rows = [
         [
@@ -222,6 +231,8 @@ def render(stepper: TokenStepper | None, settings: PageSettings, note: str = "")
         table(token_rows, TOKEN_TABLE_HEADERS),
         table(rows, headers),
         stepper.text(),
+        # With the distribution read above (none: the help's sentences alone).
+        *help_texts(stepper if top else None, settings.sampling_controls, settings.sampling is not None),
     )
 
 
