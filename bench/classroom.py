@@ -318,6 +318,15 @@ def run_threads(threads: list[threading.Thread], results: list[ClientResult], de
 ClientTask = Callable[[httpx.AsyncClient, asyncio.Event, ClientResult], Any]
 
 
+async def wait_for_clients(tasks: list[asyncio.Task], results: list[ClientResult], deadline_s: float) -> None:
+    """Wait for the clients' tasks until the deadline; one still going then is cancelled and fails."""
+    _, pending = await asyncio.wait(tasks, timeout=deadline_s)
+    for task, result in zip(tasks, results, strict=True):
+        if task in pending:
+            task.cancel()
+            result.error = f"still waiting after {deadline_s:.0f} s"
+
+
 def run_async_clients(client: ClientTask, results: list[ClientResult], deadline_s: float) -> None:
     """Every client at the same moment, in one asyncio loop; a client still going at the deadline fails."""
 
@@ -331,11 +340,7 @@ def run_async_clients(client: ClientTask, results: list[ClientResult], deadline_
         ]
         tasks = [asyncio.create_task(client(http, start, result)) for http, result in zip(https, results, strict=True)]
         start.set()
-        done, pending = await asyncio.wait(tasks, timeout=deadline_s)
-        for task, result in zip(tasks, results, strict=True):
-            if task in pending:
-                task.cancel()
-                result.error = f"still waiting after {deadline_s:.0f} s"
+        await wait_for_clients(tasks, results, deadline_s)
         await asyncio.gather(*tasks, return_exceptions=True)
         for http in https:
             await http.aclose()
@@ -480,11 +485,7 @@ def run_class_under_flood(
             for http, result in zip(https, students, strict=True)
         ]
         class_start.set()
-        _, pending = await asyncio.wait(class_tasks, timeout=deadline_s)
-        for task, result in zip(class_tasks, students, strict=True):
-            if task in pending:
-                task.cancel()
-                result.error = f"still waiting after {deadline_s:.0f} s"
+        await wait_for_clients(class_tasks, students, deadline_s)
         for task in flood_tasks:
             task.cancel()  # the flood's streams close: the server ends their runs
         await asyncio.gather(*class_tasks, *flood_tasks, return_exceptions=True)
