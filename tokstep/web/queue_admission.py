@@ -20,20 +20,14 @@ from __future__ import annotations
 
 import json
 import weakref
-from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
 import gradio as gr
 from starlette.requests import Request
 
+from tokstep.web.asgi import ASGIApp, Message, Receive, Scope, Send
 from tokstep.web.client_limits import ClientLimits, OverShareError
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 JOIN_SUFFIX = "/gradio_api/queue/join"
 MAX_JOIN_BYTES = 2_000_000  # a join carries a call's arguments: a 100,000-character prompt at most

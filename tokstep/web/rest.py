@@ -28,22 +28,17 @@ import logging
 import re
 import uuid
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from starlette.middleware import Middleware
 
+from tokstep.web.asgi import ASGIApp, Message, Receive, Scope, Send
 from tokstep.web.checks import titled
 from tokstep.web.queue_admission import QueueAdmission, refusal
 from tokstep.web.stream_route import stream_routes
 
 LOG = logging.getLogger("tokstep")
-
-Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 TITLE = "Bad call"
 # Gradio's routes live under /gradio_api (gradio.route_utils.API_PREFIX); the path may carry a root
