@@ -12,6 +12,7 @@ import torch
 from conftest import serving, token_labels, wait_for_count
 from engine_support import EngineDouble, vllm_url  # noqa: F401 (the session's vLLM server)
 from gradio_client import Client
+from gradio_client.exceptions import AppError
 
 import tokstep
 from tokstep.core.run_files import dumps_run, export_run, parse_run, restore_run
@@ -142,6 +143,10 @@ def test_generate_over_the_engine_reports_its_estimates(engine, on_engine, bundl
     with serving(create_demo(on_engine, runtime=engine)) as url:
         client = Client(url, verbose=False)
         updates = list(client.submit(PROMPTS[0], 12, api_name="/generate"))
+        # The "Why this token?" views need the model in this process: refused before the first token.
+        for view in ("layers", "attention"):
+            with pytest.raises(AppError, match=f"in a serving engine.*Call again without {view}"):
+                client.predict(PROMPTS[0], 3, **{view: True}, api_name="/generate")
     here = [s.token_id for s in tokstep.generate_steps(bundled_lm, PROMPTS[0], 12)]
     assert [u["token_id"] for u in updates] == here
     assert all(u["estimates"] == ["entropy"] for u in updates)

@@ -161,10 +161,13 @@ def test_a_run_file_from_a_model_off_the_list_changes_nothing(client, tiny_lm, t
     assert after[TEXT] == PROMPT + tiny_lm.texts.decode(greedy(tiny_lm, PROMPT, 2))
 
 
-def test_generate_names_its_model_argument_last(client):
+def test_generate_names_its_model_argument_after_the_others_and_before_the_optional_views(client):
+    # Positional calls written before the views existed still mean what they meant.
     info = client.view_api(return_format="dict", print_info=False)
     parameters = [p["parameter_name"] for p in info["named_endpoints"]["/generate"]["parameters"]]
-    assert parameters == ["prompt", "max_new_tokens", "sample", "temperature", "top_k", "top_p", "seed", "model"]
+    assert parameters == [
+        "prompt", "max_new_tokens", "sample", "temperature", "top_k", "top_p", "seed", "model", "layers", "attention",
+    ]  # fmt: skip
     assert "model` is one of the models the page offers" in str(info["named_endpoints"]["/generate"])
 
 

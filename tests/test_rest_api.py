@@ -36,6 +36,13 @@ ARGUMENTS = [
 DEFAULTS = {parameter.name: parameter.default for parameter in PARAMETERS if parameter.name in ARGUMENTS[1:]}
 
 
+def positional(**given: object) -> list[object]:
+    """/generate's arguments in order, up to the last one given, the defaults for the others."""
+    last = max(ARGUMENTS.index(name) for name in given)
+    values = {"prompt": PROMPT, **DEFAULTS, **given}
+    return [values[name] for name in ARGUMENTS[: last + 1]]
+
+
 @pytest.fixture(scope="module")
 def rest_url(tiny_lm: LanguageModel) -> Iterator[str]:
     """A real server whose /generate takes every argument, `model` too (the page offers a list: its own)."""
@@ -114,7 +121,7 @@ def test_arguments_by_name_on_the_v2_route(rest_url, tiny_lm):
 
 
 def test_the_model_argument_names_the_page_model(rest_url, tiny_lm):
-    events = call(rest_url, "generate", {"data": [PROMPT, 3, *list(DEFAULTS.values())[1:-1], tiny_lm.name]})
+    events = call(rest_url, "generate", {"data": positional(max_new_tokens=3, model=tiny_lm.name)})
     assert streamed_ids(events) == expected_ids(tiny_lm, 3)
 
 
@@ -125,7 +132,7 @@ BAD_CALLS = [
     ({"data": [PROMPT, 3, "yes"]}, False, ["sample", "true or false"]),
     ({"data": [PROMPT, 3, True, 0]}, False, ["temperature"]),
     ({"data": [PROMPT, 3, True, 1.0, -1]}, False, ["top_k"]),
-    ({"data": [PROMPT, 3, *list(DEFAULTS.values())[1:-1], "no-such-model"]}, False, ["no-such-model", "not offered"]),
+    ({"data": positional(max_new_tokens=3, model="no-such-model")}, False, ["no-such-model", "not offered"]),
     ({"data": [123]}, False, ["prompt", "text", "int"]),
     ({"data": [""]}, False, ["prompt is empty"]),
     ({"data": []}, False, ["needs its argument prompt"]),

@@ -33,7 +33,9 @@ def test_the_api_takes_no_model_name_path_or_file(server_url):
     info = Client(server_url, verbose=False).view_api(return_format="dict", print_info=False)
     assert set(info["named_endpoints"]) == {"/generate"}
     parameters = [p["parameter_name"] for p in info["named_endpoints"]["/generate"]["parameters"]]
-    assert parameters == ["prompt", "max_new_tokens", "sample", "temperature", "top_k", "top_p", "seed"]
+    assert parameters == [
+        "prompt", "max_new_tokens", "sample", "temperature", "top_k", "top_p", "seed", "layers", "attention",
+    ]  # fmt: skip
     assert info["unnamed_endpoints"] == {}
 
 

@@ -76,13 +76,28 @@ def step_dict(step: Step) -> dict[str, Any]:
 
 
 def export_run(
-    stepper: TokenStepper, top_k: int = 5, sampling: SamplingSettings | None = None, score_prompt: bool = False
+    stepper: TokenStepper,
+    top_k: int = 5,
+    sampling: SamplingSettings | None = None,
+    score_prompt: bool = False,
+    *,
+    layers: bool = False,
+    attention: bool = False,
 ) -> dict[str, Any]:
     """The run as a JSON-ready dict: model, page settings, prompt and every generated step, and the
-    paths tried besides (`branches`, only when there are any: tokstep.core.run_branches)."""
+    paths tried besides (`branches`, only when there are any: tokstep.core.run_branches).
+
+    `layers` and `attention` add to each of the run's own steps what each layer would have predicted
+    and where the last position looked (tokstep.core.why_records: one more pass per step). Where the
+    model does not run in this process they cannot be read: tokstep.core.forward.ModelNotHere."""
     from tokstep.core.run_branches import branches_field  # here: that module builds on this one
+    from tokstep.core.why_records import why_of_steps  # here: it reads the model, which exporting need not
 
     lm = stepper.lm
+    steps = [step_dict(step) for step in stepper.steps]
+    if layers or attention:
+        for step, fields in zip(steps, why_of_steps(stepper, layers, attention), strict=True):
+            step.update(fields)
     run = {
         "format": FORMAT,
         "version": VERSION,
@@ -94,7 +109,7 @@ def export_run(
             "score_prompt": score_prompt,
         },
         "prompt": {"text": stepper.prompt_text, "ids": stepper.ids[: stepper.prompt_length]},
-        "steps": [step_dict(step) for step in stepper.steps],
+        "steps": steps,
         "text": stepper.text(),
     }
     if branches := branches_field(stepper):

@@ -21,6 +21,8 @@ from tokstep.core.model import LanguageModel, ModelLoadError
 from tokstep.core.run_loop import run_steps
 from tokstep.core.sampling import MAX_TEMPERATURE, SamplingSettings
 from tokstep.core.stepper import PromptError, Step, TokenStepper
+from tokstep.core.why import WhyReader, WhyThisToken
+from tokstep.core.why_records import why_fields
 from tokstep.runtimes.engine import EngineError
 from tokstep.web.checks import Flag, Number, Whole, user_error
 from tokstep.web.client_limits import ClientLimits
@@ -38,14 +40,23 @@ TEMPERATURE = Number("temperature", 0, MAX_TEMPERATURE, above=True)
 TOP_K = Whole("top_k", 0)
 TOP_P = Number("top_p", 0, 1, above=True)
 SEED = Whole("seed", 0)
+LAYERS = Flag("layers")
+ATTENTION = Flag("attention")
+# A run that reads layer by layer or where it looked runs a second pass per token (tokstep.core.why):
+# each of its tokens counts this many times against its caller's tokens a minute.
+WHY_TOKEN_COST = 2
 
 GENERATE_DOC = """Generation streamed one token at a time, greedy unless `sample` is true (then seeded: the
 same seed and settings give the same tokens). Each update is {text, token_id, token, prob, top: [[token_id,
 token, prob], ...], rest_prob, position, chosen_by, rank, entropy, sampling_prob, stop_reason, sampler,
 estimates}; probabilities are always the model's own, and `estimates` names any number that is estimated
-(on a serving engine: "entropy", and "sampling" when the sampler's numbers are). Each caller (by address) has
-a fair share: a few streams at once, a budget of tokens a minute; a call past it is refused at once, saying when to
-retry."""
+(on a serving engine: "entropy", and "sampling" when the sampler's numbers are). With `layers` true each update
+also has `layers`: what each layer would have predicted for that token (the logit lens: [{layer, top}], the
+embeddings first, the model's output last); with `attention` true, `attention`: where the last position looked
+({tokens, average, layers: [{layer, weights, elsewhere}]}, averaged over heads). Both need the model in this
+process and cost a second pass per token (each token counts twice against the budget). Each caller (by address)
+has a fair share: a few streams at once, a budget of tokens a minute; a call past it is refused at once, saying
+when to retry."""
 MODEL_ARGUMENT_DOC = """ `model` is one of the models the page offers ("" = the default); another name is refused."""
 
 
@@ -141,25 +152,62 @@ def generate_updates(
     top_k: Any = 0,
     top_p: Any = 1.0,
     seed: Any = 0,
+    layers: Any = False,
+    attention: Any = False,
     *,
     client: Hashable = None,
 ) -> Iterator[dict]:
     """The /generate endpoint: one JSON object per token, at full speed (no pacing). `client`: whom
-    the run is for, so that the batcher shares its passes fairly (TokenStepper.client)."""
+    the run is for, so that the batcher shares its passes fairly (TokenStepper.client). `layers` and
+    `attention` add the "Why this token?" views of each token (tokstep.core.why_records)."""
     max_new_tokens = Whole("max_new_tokens", 1, lm.context_length or MAX_API_TOKENS)(max_new_tokens)
     sampling = api_sampling(sample, temperature, top_k, top_p, seed)
+    layers, attention = LAYERS(layers), ATTENTION(attention)
     try:
         stepper = new_stepper(lm, prompt)
     except PromptError as error:
         raise user_error(str(error), title="Cannot generate") from None
     stepper.client = client
+    views = WhyViews(lm, stepper.ids, layers, attention) if layers or attention else None
     # The run loop queues the next token's pass before each token goes out, so it joins the next
     # batch while Gradio sends this one; a client that goes away closes the run (and that pass).
     try:
         for step in run_steps(stepper, max_new_tokens, API_TOP_K, sampling):
-            yield step_update(stepper, step)
+            update = step_update(stepper, step)
+            if views is not None:
+                update |= views.of(stepper.ids[: step.position])
+            yield update
     except EngineError as error:  # the client has every token so far; a new request starts over
         raise gr.Error(str(error), title=error.title, print_exception=False) from None
+
+
+class WhyViews:
+    """The views a /generate run asked for, for each of its tokens: read along the run with one
+    WhyReader (a token's pass each). The first reading, on the prompt, is made at once: a view that
+    this runtime or model cannot give (a serving engine; attention on a model without any) refuses
+    the run before its first token, saying why."""
+
+    def __init__(self, lm: LanguageModel, prompt_ids: list[int], layers: bool, attention: bool) -> None:
+        self.texts, self.layers, self.attention = lm.texts, layers, attention
+        self.reader = WhyReader(lm, API_TOP_K, lens=layers, attention=attention)
+        first = self.reader.read(prompt_ids)
+        for asked, view, note, argument in (
+            (layers, first.lens, first.lens_note, "layers"),
+            (attention, first.attention, first.attention_note, "attention"),
+        ):
+            if asked and view is None:
+                raise user_error(f"{note} Call again without {argument}.", title="Not available")
+        self.first: tuple[tuple[int, ...], dict[str, Any]] | None = (first.ids, self.fields(first))
+
+    def fields(self, why: WhyThisToken) -> dict[str, Any]:
+        return why_fields(why, self.texts, self.layers, self.attention)
+
+    def of(self, ids: list[int]) -> dict[str, Any]:
+        """The fields for the token chosen after `ids`."""
+        if self.first is not None and self.first[0] == tuple(ids):
+            fields, self.first = self.first[1], None
+            return fields
+        return self.fields(self.reader.read(ids))
 
 
 # The two forms of /generate, bound to the page's `lm_for` and `clients` (tokstep.web.bind) and given to
@@ -177,12 +225,15 @@ def generate(
     top_p: float = 1.0,
     seed: int = 0,
     model: str = "",
+    layers: bool = False,
+    attention: bool = False,
     request: gr.Request | None = None,
 ) -> Iterator[dict]:
     clients.left_queue(request)  # counted as waiting when it joined (tokstep.web.queue_admission)
     yield from shared_updates(
-        lm_for, clients, prompt, max_new_tokens, sample, temperature, top_k, top_p, seed, model, request
-    )
+        lm_for, clients, prompt, max_new_tokens, sample, temperature, top_k, top_p, seed, model, layers, attention,
+        request,
+    )  # fmt: skip
 
 
 def shared_updates(
@@ -196,18 +247,22 @@ def shared_updates(
     top_p: Any,
     seed: Any,
     model: Any,
+    layers: Any,
+    attention: Any,
     request: Any,
 ) -> Iterator[dict]:
     """/generate's updates within its caller's fair share (`request`: a gr.Request, or a Starlette
     request on the plain route)."""
     # First, before the model is even looked up: a caller past its share leaves the queue at once.
     tokens = within_ceiling(max_new_tokens, clients.share.max_api_tokens)
-    with clients.api_run(request, tokens) as share:
+    cost = WHY_TOKEN_COST if LAYERS(layers) or ATTENTION(attention) else 1
+    with clients.api_run(request, tokens * cost) as share:
         updates = generate_updates(
-            lm_for(model), prompt, tokens, sample, temperature, top_k, top_p, seed, client=share.client
-        )
+            lm_for(model), prompt, tokens, sample, temperature, top_k, top_p, seed, layers, attention,
+            client=share.client,
+        )  # fmt: skip
         for update in updates:
-            share.wrote()
+            share.wrote(cost)
             yield update
 
 
@@ -221,11 +276,14 @@ def generate_on_the_one_model(
     top_k: int = 0,
     top_p: float = 1.0,
     seed: int = 0,
+    layers: bool = False,
+    attention: bool = False,
     request: gr.Request | None = None,
 ) -> Iterator[dict]:
     yield from generate(
-        lm_for, clients, prompt, max_new_tokens, sample, temperature, top_k, top_p, seed, request=request
-    )
+        lm_for, clients, prompt, max_new_tokens, sample, temperature, top_k, top_p, seed,
+        layers=layers, attention=attention, request=request,
+    )  # fmt: skip
 
 
 generate.__doc__ = GENERATE_DOC + MODEL_ARGUMENT_DOC

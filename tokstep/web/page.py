@@ -291,6 +291,10 @@ def wire_page(
     links.export.click(
         bind(sharing.on_export, *parts), inputs={*tab, *settings}, outputs=links.export_file, api_name="export", **api
     )
+    links.export_why.click(
+        bind(sharing.on_export_with_views, *parts), inputs={*tab, *settings}, outputs=links.export_file,
+        api_name="export_why", **api,
+    )  # fmt: skip
     # Preprocessed (unlike the other events) so the path is checked to be an upload.
     links.load.upload(
         bind(sharing.on_import, *parts), inputs=[links.load, session.model_choice, controls.prompt],

@@ -95,6 +95,7 @@ class ShareRow:
     load: gr.UploadButton
     link: gr.Textbox
     export_file: gr.File
+    export_why: gr.Button  # the run file with each step's layer by layer and where it looked
 
 
 @dataclass(frozen=True)
@@ -235,6 +236,8 @@ def share_row() -> ShareRow:
         with gr.Row(elem_id="share"):
             copy_link = gr.Button("Copy link", elem_id="copy-link")
             export = gr.Button("Export run (JSON)", elem_id="export")
+            # One more pass per token: what each layer would have predicted, and where the model looked.
+            export_why = gr.Button("Export with layers and attention", elem_id="export-why")
             load = gr.UploadButton(
                 "Load a run", elem_id="import", file_types=[".json"], type="filepath", file_count="single"
             )
@@ -244,7 +247,7 @@ def share_row() -> ShareRow:
                 buttons=["copy"], elem_id="link",
             )  # fmt: skip
             export_file = gr.File(label="Run file", interactive=False, elem_id="export-file")
-    return ShareRow(copy_link, export, load, link, export_file)
+    return ShareRow(copy_link, export, load, link, export_file, export_why)
 
 
 def settings_accordion(mode: gr.Radio, help_boxes: SamplingHelpBoxes) -> SettingsControls:

@@ -9,6 +9,7 @@ file, the model, the prompt) for API clients.
 
 from __future__ import annotations
 
+import functools
 import tempfile
 import time
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from typing import Any
 import gradio as gr
 from gradio.components import Component
 
+from tokstep.core.forward import ModelNotHere
 from tokstep.core.model import LanguageModel, ModelLoadError
 from tokstep.core.presets import Preset, apply_preset, has_preset, link_reproduces, parse_preset, preset_query
 from tokstep.core.run_files import (
@@ -200,10 +202,24 @@ def on_link(ui: PageUI, context: PageContext, values: dict[Component, Any]) -> U
     return {ui.share.link: preset_query(stepper, settings.sampling, model)}
 
 
-def on_export(ui: PageUI, context: PageContext, values: dict[Component, Any]) -> Update:
+def on_export(ui: PageUI, context: PageContext, values: dict[Component, Any], views: bool = False) -> Update:
+    """Export run: the run file; with `views` (the "with layers and attention" button), each step's
+    "Why this token?" views too (where the model is not in this process, without them and a warning
+    that says why)."""
     settings = PageSettings.from_inputs(values)
-    run = export_run(tab_stepper(ui, context, values), settings.top_k, settings.sampling, settings.score_prompt)
+    exported = functools.partial(
+        export_run, tab_stepper(ui, context, values), settings.top_k, settings.sampling, settings.score_prompt
+    )
+    try:
+        run = exported(layers=views, attention=views)
+    except ModelNotHere as error:
+        gr.Warning(f"Exported without layer by layer and where it looked: {error}")
+        run = exported()
     return {ui.share.export_file: write_export(context.export_folder, run)}
+
+
+def on_export_with_views(ui: PageUI, context: PageContext, values: dict[Component, Any]) -> Update:
+    return on_export(ui, context, values, views=True)
 
 
 def run_model(context: PageContext, run: dict, name: str) -> LanguageModel:

@@ -90,6 +90,8 @@ class GenerateCall(pydantic.BaseModel):
     top_p: Any = 1.0
     seed: Any = 0
     model: Any = ""
+    layers: Any = False
+    attention: Any = False
 
 
 def serve_streams(demo: gr.Blocks, updates: Updates, max_streams: int) -> None:

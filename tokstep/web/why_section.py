@@ -8,8 +8,9 @@ an Auto-run's token, Undo, a pick, a new prompt or model) presses Update from th
 closed, that listener runs in the browser only and sends nothing, so Steps cost what they did. A
 sequence already drawn is not read again (the `shown` state remembers which).
 
-The page's API and /generate are unchanged: the section's events are private (page only), and run
-files hold nothing of it. On a runtime without the model in this process (a serving engine, ZeroGPU)
+The section's events are private (page only); /generate gives the same views per token when asked
+(tokstep.web.api, `layers` and `attention`), and so does Export with layers and attention
+(tokstep.core.why_records). On a runtime without the model in this process (a serving engine, ZeroGPU)
 both views say so in one line (tokstep.core.forward.ModelNotHere).
 """
 
