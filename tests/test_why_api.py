@@ -1,6 +1,6 @@
 """The "Why this token?" views outside the page: read along a run (tokstep.core.why.WhyReader), in
 /generate's updates and the plain route when asked (`layers`, `attention`), and in run files
-(`export_run(..., layers=True, attention=True)`, the page's "Export with layers and attention").
+(`export_run(..., layers=True, attention=True)`, the page's "Export + Why (JSON)").
 
 Against real tiny models and a real launched server: each update's lens is the reading of a fresh pass
 over the sequence the token was chosen after, its last row that update's own `top`; attention rows sum

@@ -19,12 +19,15 @@ import math
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tokstep.core.model import LanguageModel
 from tokstep.core.sampling import SamplingSettings
 from tokstep.core.stepper import PromptError, Step, TokenStepper, check_prompt_length
 from tokstep.core.tokens import tokenize
+
+if TYPE_CHECKING:
+    from tokstep.core.compare import Side
 
 FORMAT = "tokstep-run"
 VERSION = 1
@@ -83,14 +86,19 @@ def export_run(
     *,
     layers: bool = False,
     attention: bool = False,
+    comparison: tuple[Side, Side] | None = None,
 ) -> dict[str, Any]:
     """The run as a JSON-ready dict: model, page settings, prompt and every generated step, and the
     paths tried besides (`branches`, only when there are any: tokstep.core.run_branches).
 
+    `comparison`: two models side by side (tokstep.core.compare), saved as `comparison`
+    (tokstep.core.run_comparison).
+
     `layers` and `attention` add to each of the run's own steps what each layer would have predicted
     and where the last position looked (tokstep.core.why_records: one more pass per step). Where the
     model does not run in this process they cannot be read: tokstep.core.forward.ModelNotHere."""
-    from tokstep.core.run_branches import branches_field  # here: that module builds on this one
+    from tokstep.core.run_branches import branches_field  # here: these modules build on this one
+    from tokstep.core.run_comparison import comparison_field
     from tokstep.core.why_records import why_of_steps  # here: it reads the model, which exporting need not
 
     lm = stepper.lm
@@ -114,6 +122,8 @@ def export_run(
     }
     if branches := branches_field(stepper):
         run["branches"] = branches
+    if comparison is not None:
+        run["comparison"] = comparison_field(*comparison)
     return run
 
 

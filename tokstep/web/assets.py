@@ -22,7 +22,8 @@ CSS = """
 #tokens .token .text, #tokens .token .label { color: #111 !important; }
 #tokens .token .label { text-transform: none !important; }
 #status p { margin: 0.25em 0; }
-#step, #autorun, #stop, #reset, #undo, #continue, #chat-switch, #why-update, #paths-go, .gallery-item, .example {
+#step, #autorun, #stop, #reset, #undo, #continue, #chat-switch, #why-update, #paths-go, .gallery-item, .example,
+#copy-link, #export, #export-why, #import {
   min-height: 44px;
 }
 #legend .chip { color: #111; padding: 0 .4em; border-radius: 4px; white-space: nowrap; }

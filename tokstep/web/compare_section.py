@@ -27,6 +27,8 @@ import torch
 from gradio.components import Component
 
 from tokstep.core.compare import Side, start_pair, step_pair
+from tokstep.core.run_comparison import ComparisonError, check_comparison, restore_comparison
+from tokstep.core.run_files import RunFileError, read_run_file
 from tokstep.core.stepper import PromptError, RunStopped
 from tokstep.web.api import new_stepper
 from tokstep.web.bind import bind
@@ -40,6 +42,8 @@ Update = dict[Component, Any]
 AUTORUN_STEPS = 8  # Auto-run both: a few steps, each a token of each model (or of the one behind)
 MAX_TOKENS = 64  # tokens each model writes at most in a comparison: the table stays readable
 PAUSE_S = 0.3  # between Auto-run's steps: time to see each row come
+PRIVATE = {"api_visibility": "private"}
+LEFT_OUT = "The run file's comparison of two models was left out:"
 DONE = f"Both models are done (an end of text, a full context, or {MAX_TOKENS} tokens each): Reset to start over."
 
 
@@ -57,6 +61,7 @@ class CompareUI:
     reset: gr.Button
     status: gr.Markdown
     table: gr.HTML
+    load: gr.UploadButton  # the page's Load a run: a run file may hold a comparison
 
     @property
     def outputs(self) -> list[Component]:
@@ -91,8 +96,9 @@ def compare_section(ui: PageUI, context: PageContext, autorun_workers: int) -> C
         status = gr.Markdown(elem_id="compare-status")
         table = gr.HTML(EMPTY, elem_id="compare-table", css_template=TABLE_CSS, js_on_load=None)
     section = CompareUI(
-        ui.controls.prompt, model_a, model_b, gr.State(None), gr.State(None), step, autorun, reset, status, table
-    )
+        ui.controls.prompt, model_a, model_b, gr.State(None), gr.State(None), step, autorun, reset, status, table,
+        ui.share.load,
+    )  # fmt: skip
     wire_compare(section, context, autorun_workers)
     return section
 
@@ -108,10 +114,19 @@ def wire_compare(section: CompareUI, context: PageContext, autorun_workers: int)
     step = section.step.click(
         bind(on_compare_step, *parts), inputs=inputs, outputs=section.outputs, api_name="compare_step", **raw
     )
+    section.reset.click(
+        bind(on_compare_reset, *parts), inputs=inputs, outputs=section.outputs, api_name="compare_reset",
+        cancels=[autorun, step], trigger_mode="always_last", **raw,
+    )  # fmt: skip
     gr.on(
-        [section.reset.click, section.model_a.change, section.model_b.change], bind(on_compare_reset, *parts),
-        inputs=inputs, outputs=section.outputs, api_name="compare_reset", cancels=[autorun, step],
-        trigger_mode="always_last", **raw,
+        [section.model_a.change, section.model_b.change], bind(on_compare_models, *parts), inputs=inputs,
+        outputs=section.outputs, cancels=[autorun, step], trigger_mode="always_last", **{**raw, **PRIVATE},
+    )  # fmt: skip
+    # Load a run: the file's comparison, when it has one, beside the run's own load (tokstep.web.share_handlers).
+    # Preprocessed, as that load is, so the path is checked to be an upload.
+    section.load.upload(
+        bind(on_compare_import, *parts), inputs={section.load, section.side_a, section.side_b},
+        outputs=[*section.outputs, section.model_a, section.model_b], show_progress="hidden", **PRIVATE,
     )  # fmt: skip
 
 
@@ -182,6 +197,50 @@ def on_compare_reset(section: CompareUI, context: PageContext, values: dict[Comp
         yield {**shown(section, None, None), section.status: f"⚠️ {error.message}"}
         return
     yield shown(section, a, b, "Both models start from the page's prompt.")
+
+
+def on_compare_models(section: CompareUI, context: PageContext, values: dict[Component, Any]) -> Iterator[Update]:
+    """Another model chosen: both models start over from the page's prompt, as with Reset, unless the
+    comparison is of these models already (a loaded run's comparison set the dropdowns)."""
+    a, b = values[section.side_a], values[section.side_b]
+    chosen = tuple(str(values[dropdown]).strip() for dropdown in (section.model_a, section.model_b))
+    if isinstance(a, Side) and isinstance(b, Side) and (a.name, b.name) == chosen:
+        yield gr.skip()
+        return
+    yield from on_compare_reset(section, context, values)
+
+
+def on_compare_import(section: CompareUI, context: PageContext, values: dict[Component, Any]) -> Update:
+    """Load a run: put the file's comparison back (tokstep.core.run_comparison), its models stepped
+    again. A file without one changes nothing here; a comparison that cannot be restored is left out
+    with a warning that says why, and the run itself still loads (its own event)."""
+    path = values[section.load]
+    try:
+        checked = check_comparison(read_run_file(path)) if isinstance(path, str) else None
+    except RunFileError:  # the run's own load says what is wrong with the file
+        return gr.skip()
+    except ComparisonError as error:
+        gr.Warning(f"{LEFT_OUT} {error}")
+        return gr.skip()
+    if checked is None:
+        return gr.skip()
+    for side in checked:
+        if not context.models.is_allowed(side.name):
+            gr.Warning(f"{LEFT_OUT} {context.models.refusal(side.name)}")
+            return gr.skip()
+    try:
+        a, b, warnings = restore_comparison(checked, context.lm_for)
+    except ComparisonError as error:
+        gr.Warning(f"{LEFT_OUT} {error}")
+        return gr.skip()
+    except gr.Error as error:  # a model that fails to load
+        gr.Warning(f"{LEFT_OUT} {error.message}")
+        return gr.skip()
+    release(values, section)
+    for warning in warnings:
+        gr.Warning(warning)
+    note = "Loaded the run file's comparison." + "".join(f" ⚠️ {warning}" for warning in warnings)
+    return {**shown(section, a, b, note), section.model_a: a.name, section.model_b: b.name}
 
 
 def on_compare_step(

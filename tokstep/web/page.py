@@ -53,7 +53,7 @@ from tokstep.web.bind import bind
 from tokstep.web.browser_run import BrowserStorage
 from tokstep.web.chat_section import ModelSwitch, add_chat
 from tokstep.web.client_limits import ClientLimits, FairShare
-from tokstep.web.compare_section import compare_section
+from tokstep.web.compare_section import CompareUI, compare_section
 from tokstep.web.constants import DEFAULT_PROMPT, NOTEBOOK_PROMPT
 from tokstep.web.model_choice import ModelCache, allowed_models, chat_models, unavailable_models
 from tokstep.web.page_context import PageContext
@@ -175,7 +175,7 @@ def create_demo(
         )
         why_section(ui)  # "Why this token?": layer by layer and where it looked (closed until asked for)
         paths = path_tree_section()  # "Paths you tried": every branch, and going back to one (closed)
-        compare_section(ui, context, limits.autorun_workers)  # "Two models side by side" (closed)
+        compare = compare_section(ui, context, limits.autorun_workers)  # "Two models side by side" (closed)
         # Chat mode: the same model, stepping the assistant's reply (closed until asked for).
         with gr.Accordion("Chat mode: step through a chat model's reply", open=False, elem_id="chat-mode"):
             add_chat(
@@ -186,7 +186,7 @@ def create_demo(
         examples = gr.Examples(
             [[DEFAULT_PROMPT], [NOTEBOOK_PROMPT]], inputs=ui.controls.prompt, label="Example prompts"
         )
-        wire_page(demo, ui, context, limits, examples, paths)
+        wire_page(demo, ui, context, limits, examples, paths, compare)
         # /generate's schema is its function's signature; a page without a model list has no `model`.
         endpoint = generate if context.offers_choice else generate_on_the_one_model
         gr.api(
@@ -210,6 +210,7 @@ def wire_page(
     limits: ServerLimits,
     examples: gr.Examples,
     paths: PathTreeUI | None = None,
+    compare: CompareUI | None = None,
 ) -> None:
     """Every event of the page, each to its handler. Events named with `api_name` stay callable by
     API clients (undocumented): tests and benchmarks drive the page through them."""
@@ -288,12 +289,15 @@ def wire_page(
     links.copy_link.click(
         bind(sharing.on_link, *parts), inputs={*tab, *settings}, outputs=links.link, api_name="link", **api
     ).then(None, inputs=links.link, outputs=links.link, js=COPY_LINK_JS)
+    # The tab's comparison of two models goes into the file too: its states are inputs, not API arguments.
+    sides = (compare.side_a, compare.side_b) if compare is not None else ()
     links.export.click(
-        bind(sharing.on_export, *parts), inputs={*tab, *settings}, outputs=links.export_file, api_name="export", **api
-    )
+        bind(sharing.on_export, *parts, sides), inputs={*tab, *settings, *sides}, outputs=links.export_file,
+        api_name="export", **api,
+    )  # fmt: skip
     links.export_why.click(
-        bind(sharing.on_export_with_views, *parts), inputs={*tab, *settings}, outputs=links.export_file,
-        api_name="export_why", **api,
+        bind(sharing.on_export_with_views, *parts, sides), inputs={*tab, *settings, *sides},
+        outputs=links.export_file, api_name="export_why", **api,
     )  # fmt: skip
     # Preprocessed (unlike the other events) so the path is checked to be an upload.
     links.load.upload(

@@ -237,7 +237,7 @@ def share_row() -> ShareRow:
             copy_link = gr.Button("Copy link", elem_id="copy-link")
             export = gr.Button("Export run (JSON)", elem_id="export")
             # One more pass per token: what each layer would have predicted, and where the model looked.
-            export_why = gr.Button("Export with layers and attention", elem_id="export-why")
+            export_why = gr.Button("Export + Why (JSON)", elem_id="export-why")
             load = gr.UploadButton(
                 "Load a run", elem_id="import", file_types=[".json"], type="filepath", file_count="single"
             )

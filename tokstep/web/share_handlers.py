@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +20,7 @@ from typing import Any
 import gradio as gr
 from gradio.components import Component
 
+from tokstep.core.compare import Side
 from tokstep.core.forward import ModelNotHere
 from tokstep.core.model import LanguageModel, ModelLoadError
 from tokstep.core.presets import Preset, apply_preset, has_preset, link_reproduces, parse_preset, preset_query
@@ -202,14 +203,20 @@ def on_link(ui: PageUI, context: PageContext, values: dict[Component, Any]) -> U
     return {ui.share.link: preset_query(stepper, settings.sampling, model)}
 
 
-def on_export(ui: PageUI, context: PageContext, values: dict[Component, Any], views: bool = False) -> Update:
-    """Export run: the run file; with `views` (the "with layers and attention" button), each step's
-    "Why this token?" views too (where the model is not in this process, without them and a warning
-    that says why)."""
+def on_export(
+    ui: PageUI, context: PageContext, sides: Sequence[Component], values: dict[Component, Any], views: bool = False
+) -> Update:
+    """Export run: the run file, with the tab's comparison of two models when it has one (`sides`: the
+    comparison section's two states); with `views` (the "with layers and attention" button), each
+    step's "Why this token?" views too (where the model is not in this process, without them and a
+    warning that says why)."""
     settings = PageSettings.from_inputs(values)
+    pair = tuple(values.get(side) for side in sides)
+    comparison = pair if len(pair) == 2 and all(isinstance(side, Side) for side in pair) else None
     exported = functools.partial(
-        export_run, tab_stepper(ui, context, values), settings.top_k, settings.sampling, settings.score_prompt
-    )
+        export_run, tab_stepper(ui, context, values), settings.top_k, settings.sampling, settings.score_prompt,
+        comparison=comparison,
+    )  # fmt: skip
     try:
         run = exported(layers=views, attention=views)
     except ModelNotHere as error:
@@ -218,8 +225,10 @@ def on_export(ui: PageUI, context: PageContext, values: dict[Component, Any], vi
     return {ui.share.export_file: write_export(context.export_folder, run)}
 
 
-def on_export_with_views(ui: PageUI, context: PageContext, values: dict[Component, Any]) -> Update:
-    return on_export(ui, context, values, views=True)
+def on_export_with_views(
+    ui: PageUI, context: PageContext, sides: Sequence[Component], values: dict[Component, Any]
+) -> Update:
+    return on_export(ui, context, sides, values, views=True)
 
 
 def run_model(context: PageContext, run: dict, name: str) -> LanguageModel:

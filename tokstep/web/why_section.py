@@ -9,7 +9,7 @@ closed, that listener runs in the browser only and sends nothing, so Steps cost 
 sequence already drawn is not read again (the `shown` state remembers which).
 
 The section's events are private (page only); /generate gives the same views per token when asked
-(tokstep.web.api, `layers` and `attention`), and so does Export with layers and attention
+(tokstep.web.api, `layers` and `attention`), and so does Export + Why (JSON)
 (tokstep.core.why_records). On a runtime without the model in this process (a serving engine, ZeroGPU)
 both views say so in one line (tokstep.core.forward.ModelNotHere).
 """
