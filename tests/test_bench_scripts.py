@@ -19,7 +19,7 @@ import tokstep
 # The scripts that drive tokstep itself. bench.threads, bench.bandwidth and bench.packing time
 # plain torch (no tokstep code past loading a model; tests/test_packed_linear.py checks what
 # packing computes); they are left out to keep the suite short.
-SCRIPTS = ("engine", "server", "classroom", "startup")
+SCRIPTS = ("engine", "server", "classroom", "startup", "why_views")
 # Each run, by name: the script and its arguments (a class of page Auto-runs besides /generate's).
 RUNS = {name: (name, ["--smoke"]) for name in SCRIPTS}
 RUNS["classroom-sse"] = ("classroom", ["--smoke", "--client", "sse"])
@@ -75,6 +75,13 @@ def check_ran(result: subprocess.CompletedProcess, *expected: str) -> None:
 def test_engine(outputs):
     check_ran(outputs["engine"], "steps/bare", "gen/steps")
     assert table_row(outputs["engine"].stdout, "tinystories")[1] == "8"  # the 8-token prompt's row
+
+
+def test_why_views_times_each_view_against_plain_generate(outputs):
+    check_ran(outputs["why_views"], "re-read both")
+    cells = table_row(outputs["why_views"].stdout, "tinystories")
+    assert cells[1] == "8" and cells[3] == "1.00x"  # the 8-token prompt's row; plain against itself
+    assert all(float(cell.rstrip("x")) > 0 for cell in cells[3::2])  # a ratio for each way
 
 
 def test_server_streams_the_engines_tokens(outputs):
