@@ -109,7 +109,7 @@ def main() -> None:
         bench_model(lm, repeats)
     print(
         "\nEach cell: ms per token, and its ratio to plain. The views run a second pass per token (and the"
-        "\nlens the output layer on every layer's stream), so /generate counts such a run's tokens twice."
+        "\nlens the output layer on every layer's stream); /generate counts such a run's tokens three times."
     )
 
 

@@ -24,8 +24,9 @@ from gradio_client.exceptions import AppError
 from test_stream_route import stream
 
 import tokstep
+from tokstep.core import run_files
 from tokstep.core.forward import ModelNotHere
-from tokstep.core.run_files import dumps_run, export_run, parse_run, restore_run
+from tokstep.core.run_files import dumps_run, export_run, parse_run, restore_run, steps_with_views
 from tokstep.core.stepper import TokenStepper
 from tokstep.core.why import WhyReader, why_this_token
 from tokstep.runtimes.in_process import InProcessRuntime
@@ -256,3 +257,21 @@ def test_the_page_exports_the_views_with_its_second_button(client, tiny_lm):
     for step in run["steps"]:
         assert len(step["layers"]) == tiny_lm.model.config.num_hidden_layers + 1
         assert len(step["attention"]["tokens"]) == step["position"]
+
+
+def test_a_long_run_keeps_the_views_of_its_last_tokens_that_fit_the_file(tiny_lm, monkeypatch):
+    stepper = TokenStepper.from_text(tiny_lm, PROMPT)
+    for _ in range(8):
+        stepper.step()
+    whole = dumps_run(export_run(stepper, 5, layers=True, attention=True))
+    plain = dumps_run(export_run(stepper, 5))
+    # A reader's limit halfway between the file without views and with all of them.
+    limit = (len(plain.encode()) + len(whole.encode())) // 2
+    monkeypatch.setattr(run_files, "MAX_RUN_BYTES", limit)
+    run = export_run(stepper, 5, layers=True, attention=True)
+    kept = steps_with_views(run)
+    assert 0 < kept < len(stepper.steps)
+    has_views = [bool(VIEW_FIELDS & set(step)) for step in run["steps"]]
+    assert has_views == [False] * (len(has_views) - kept) + [True] * kept  # the last tokens' views
+    assert len(dumps_run(run).encode()) <= limit
+    assert restore_run(tiny_lm, parse_run(dumps_run(run))).stepper.ids == stepper.ids  # and it loads

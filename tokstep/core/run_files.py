@@ -35,6 +35,8 @@ VERSION = 1
 MAX_RUN_BYTES = 4_000_000
 CHOSEN_BY = ("greedy", "user", "sampled")
 STOP_REASONS = (None, "end_of_text", "max_new_tokens", "context_full")
+# A step's optional "Why this token?" views (tokstep.core.why_records), which readers never take.
+VIEW_FIELDS = ("layers", "layers_note", "attention", "attention_note")
 # Recorded and recomputed probabilities further apart than this mean different weights.
 PROB_TOLERANCE = 1e-3
 
@@ -103,9 +105,7 @@ def export_run(
 
     lm = stepper.lm
     steps = [step_dict(step) for step in stepper.steps]
-    if layers or attention:
-        for step, fields in zip(steps, why_of_steps(stepper, layers, attention), strict=True):
-            step.update(fields)
+    views = why_of_steps(stepper, layers, attention) if layers or attention else None
     run = {
         "format": FORMAT,
         "version": VERSION,
@@ -124,7 +124,36 @@ def export_run(
         run["branches"] = branches
     if comparison is not None:
         run["comparison"] = comparison_field(*comparison)
+    if views is not None:
+        add_views(run, views)
     return run
+
+
+def add_views(run: dict[str, Any], views: list[dict[str, Any]]) -> None:
+    """Give the run's steps their views (`views[i]` for step i), from the last step back, while the file
+    stays within MAX_RUN_BYTES, which is all a reader takes: where-it-looked grows with the sequence at
+    every step (a long run's views alone would pass it), so a long run keeps the views of its last
+    tokens only, and the steps before them have none."""
+    room = MAX_RUN_BYTES - len(dumps_run(run).encode())
+    given: list[dict[str, Any]] = []
+    for step, fields in zip(reversed(run["steps"]), reversed(views), strict=True):
+        text = json.dumps(fields, ensure_ascii=False, indent=1)
+        # Inside the file each of its lines is indented by 3 more (the run, its steps, the step).
+        cost = len(text.encode()) + 3 * text.count("\n") + 8 * len(fields)
+        if cost > room:
+            break
+        step.update(fields)
+        given.append(step)
+        room -= cost
+    while given and len(dumps_run(run).encode()) > MAX_RUN_BYTES:  # the estimate was short: the earliest go
+        earliest = given.pop()
+        for key in VIEW_FIELDS:
+            earliest.pop(key, None)
+
+
+def steps_with_views(run: dict[str, Any]) -> int:
+    """How many of the run's steps carry views (`add_views` may have left the earliest without)."""
+    return sum(1 for step in run["steps"] if any(key in step for key in VIEW_FIELDS))
 
 
 def dumps_run(run: dict[str, Any]) -> str:

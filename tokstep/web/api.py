@@ -42,9 +42,10 @@ TOP_P = Number("top_p", 0, 1, above=True)
 SEED = Whole("seed", 0)
 LAYERS = Flag("layers")
 ATTENTION = Flag("attention")
-# A run that reads layer by layer or where it looked runs a second pass per token (tokstep.core.why):
-# each of its tokens counts this many times against its caller's tokens a minute.
-WHY_TOKEN_COST = 2
+# A run that reads layer by layer or where it looked runs a second pass per token (tokstep.core.why), and the
+# lens the output layer on every layer: 2-3.3 times a plain run's time per token (bench.why_views). Each of
+# its tokens counts this many times against its caller's tokens a minute.
+WHY_TOKEN_COST = 3
 
 GENERATE_DOC = """Generation streamed one token at a time, greedy unless `sample` is true (then seeded: the
 same seed and settings give the same tokens). Each update is {text, token_id, token, prob, top: [[token_id,
@@ -54,7 +55,7 @@ estimates}; probabilities are always the model's own, and `estimates` names any 
 also has `layers`: what each layer would have predicted for that token (the logit lens: [{layer, top}], the
 embeddings first, the model's output last); with `attention` true, `attention`: where the last position looked
 ({tokens, average, layers: [{layer, weights, elsewhere}]}, averaged over heads). Both need the model in this
-process and cost a second pass per token (each token counts twice against the budget). Each caller (by address)
+process and cost a second pass per token (each token counts three times against the budget). Each caller (by address)
 has a fair share: a few streams at once, a budget of tokens a minute; a call past it is refused at once, saying
 when to retry."""
 MODEL_ARGUMENT_DOC = """ `model` is one of the models the page offers ("" = the default); another name is refused."""

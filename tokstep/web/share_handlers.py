@@ -25,6 +25,7 @@ from tokstep.core.forward import ModelNotHere
 from tokstep.core.model import LanguageModel, ModelLoadError
 from tokstep.core.presets import Preset, apply_preset, has_preset, link_reproduces, parse_preset, preset_query
 from tokstep.core.run_files import (
+    MAX_RUN_BYTES,
     RestoredRun,
     RunFileError,
     dumps_run,
@@ -32,6 +33,7 @@ from tokstep.core.run_files import (
     read_run_file,
     restore_run,
     run_model_name,
+    steps_with_views,
 )
 from tokstep.core.sampling import SamplingSettings
 from tokstep.web.browser_run import read_stored_run
@@ -222,6 +224,11 @@ def on_export(
     except ModelNotHere as error:
         gr.Warning(f"Exported without layer by layer and where it looked: {error}")
         run = exported()
+    if views and (kept := steps_with_views(run)) < len(run["steps"]):
+        gr.Warning(
+            f"Saved layer by layer and where it looked for the last {kept} of {len(run['steps'])} tokens: with all "
+            f"of them the file would pass {MAX_RUN_BYTES / 1e6:.0f} MB, the most Load a run reads."
+        )
     return {ui.share.export_file: write_export(context.export_folder, run)}
 
 
