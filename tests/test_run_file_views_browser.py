@@ -1,21 +1,27 @@
-"""Run files with the new views, in a real browser (Chromium + Playwright): **Export with layers and
-attention** (pressed from the keyboard) saves each token's layer by layer and where it looked, and a
-run exported beside a comparison of two models brings that comparison back on Load a run, in a fresh
-tab, row for row. At a desktop's width, a phone's and in the dark theme; screenshots go to
-test-artifacts/screenshots/."""
+"""Run files with the new views, in a real browser (Chromium + Playwright): **Export + Why (JSON)**
+(pressed from the keyboard) saves each token's layer by layer and where it looked, and a run exported
+beside a comparison of two models brings that comparison back on Load a run, in a fresh tab, row for
+row; a file whose run is refused brings nothing back. At a desktop's width, a phone's and in the dark
+theme; screenshots go to test-artifacts/screenshots/."""
 
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 from conftest import SCREENSHOTS, open_save_share, token_labels, wait_for_count
 from test_compare_browser import VIEWPORTS, WAIT_MS, rows, wait_for_rows
 from test_page_a11y import contrast
 
+from tokstep.core.compare import start_pair, step_pair
+from tokstep.core.run_files import dumps_run, export_run
+from tokstep.core.stepper import TokenStepper
+
 pytest_plugins = ["model_choice_support"]
 
 COMPARE_STEPS = 3
+PROMPT = "Once upon a time"
 
 
 def download_export(tab, button: str, path) -> dict:
@@ -90,3 +96,29 @@ def test_export_with_the_views_and_a_comparison_that_comes_back_on_load(
     finally:
         for context in contexts:
             context.close()
+
+
+def test_a_refused_run_brings_no_comparison_either(
+    tab, choice_server_url, tiny_lm, other_lm, other_model_dir, tmp_path
+):
+    pair = start_pair(TokenStepper.from_text(tiny_lm, PROMPT), TokenStepper.from_text(other_lm, PROMPT),
+                      (tiny_lm.name, str(other_model_dir)))  # fmt: skip
+    step_pair(*pair)
+    stepper = TokenStepper.from_text(tiny_lm, PROMPT)
+    stepper.step()
+    run = export_run(stepper, comparison=pair)
+    run["steps"][0]["token_id"] = tiny_lm.vocab_size + 5  # the run itself cannot load
+    path = tmp_path / "refused.json"
+    path.write_text(dumps_run(run), encoding="utf-8")
+    tab.goto(choice_server_url)
+    tab.wait_for_selector("#tokens .token", timeout=WAIT_MS)
+    before = token_labels(tab)
+    open_save_share(tab)
+    with tab.expect_file_chooser() as chooser:
+        tab.click("#import")
+    chooser.value.set_files(str(path))
+    tab.wait_for_selector("text=outside this model's vocabulary", timeout=WAIT_MS)
+    tab.locator("#compare").get_by_text("Two models side by side").first.click()
+    tab.locator("#compare-step").wait_for(state="visible", timeout=WAIT_MS)
+    time.sleep(1)  # the comparison would have been put back by now
+    assert rows(tab) == 0 and token_labels(tab) == before  # nothing on the page changed

@@ -25,6 +25,7 @@ from typing import Any
 import gradio as gr
 import torch
 from gradio.components import Component
+from gradio.events import Dependency
 
 from tokstep.core.compare import Side, start_pair, step_pair
 from tokstep.core.run_comparison import ComparisonError, check_comparison, restore_comparison
@@ -122,12 +123,6 @@ def wire_compare(section: CompareUI, context: PageContext, autorun_workers: int)
         [section.model_a.change, section.model_b.change], bind(on_compare_models, *parts), inputs=inputs,
         outputs=section.outputs, cancels=[autorun, step], trigger_mode="always_last", **{**raw, **PRIVATE},
     )  # fmt: skip
-    # Load a run: the file's comparison, when it has one, beside the run's own load (tokstep.web.share_handlers).
-    # Preprocessed, as that load is, so the path is checked to be an upload.
-    section.load.upload(
-        bind(on_compare_import, *parts), inputs={section.load, section.side_a, section.side_b},
-        outputs=[*section.outputs, section.model_a, section.model_b], show_progress="hidden", **PRIVATE,
-    )  # fmt: skip
 
 
 def chosen_names(section: CompareUI, context: PageContext, values: dict[Component, Any]) -> tuple[str, str]:
@@ -210,14 +205,23 @@ def on_compare_models(section: CompareUI, context: PageContext, values: dict[Com
     yield from on_compare_reset(section, context, values)
 
 
+def wire_compare_import(section: CompareUI, context: PageContext, imported: Dependency) -> None:
+    """Once Load a run has loaded a run (`imported`, its event; a file it refuses changes nothing),
+    put the file's comparison back."""
+    imported.success(
+        bind(on_compare_import, section, context), inputs={section.load, section.side_a, section.side_b},
+        outputs=[*section.outputs, section.model_a, section.model_b], show_progress="hidden", **PRIVATE,
+    )  # fmt: skip
+
+
 def on_compare_import(section: CompareUI, context: PageContext, values: dict[Component, Any]) -> Update:
-    """Load a run: put the file's comparison back (tokstep.core.run_comparison), its models stepped
-    again. A file without one changes nothing here; a comparison that cannot be restored is left out
-    with a warning that says why, and the run itself still loads (its own event)."""
+    """Load a run, after the run itself loaded: put the file's comparison back (tokstep.core.run_comparison),
+    its models stepped again. A file without one changes nothing here; a comparison that cannot be
+    restored is left out with a warning that says why (the run stays loaded)."""
     path = values[section.load]
     try:
         checked = check_comparison(read_run_file(path)) if isinstance(path, str) else None
-    except RunFileError:  # the run's own load says what is wrong with the file
+    except RunFileError:  # the file was read a moment ago, by the run's own load: changed since
         return gr.skip()
     except ComparisonError as error:
         gr.Warning(f"{LEFT_OUT} {error}")

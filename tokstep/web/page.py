@@ -53,7 +53,7 @@ from tokstep.web.bind import bind
 from tokstep.web.browser_run import BrowserStorage
 from tokstep.web.chat_section import ModelSwitch, add_chat
 from tokstep.web.client_limits import ClientLimits, FairShare
-from tokstep.web.compare_section import CompareUI, compare_section
+from tokstep.web.compare_section import CompareUI, compare_section, wire_compare_import
 from tokstep.web.constants import DEFAULT_PROMPT, NOTEBOOK_PROMPT
 from tokstep.web.model_choice import ModelCache, allowed_models, chat_models, unavailable_models
 from tokstep.web.page_context import PageContext
@@ -300,15 +300,18 @@ def wire_page(
         outputs=links.export_file, api_name="export_why", **api,
     )  # fmt: skip
     # Preprocessed (unlike the other events) so the path is checked to be an upload.
-    links.load.upload(
+    imported = links.load.upload(
         bind(sharing.on_import, *parts), inputs=[links.load, session.model_choice, controls.prompt],
         outputs=[*view, controls.prompt, *ui.settings.all, session.model_choice], api_name="import",
         api_visibility="undocumented", cancels=runs, show_progress="hidden",
-    ).then(
+    )  # fmt: skip
+    imported.then(
         # The dropdown follows the run's model; a separate event keeps /import's outputs as they were.
         sharing.model_of_the_tab, inputs=session.model_choice, outputs=controls.model, api_visibility="private",
         show_progress="hidden",
     ).then(**store)  # fmt: skip
+    if compare is not None:  # the file's comparison of two models, once the run has loaded
+        wire_compare_import(compare, context, imported)
     examples.dataset.click(None, cancels=runs)
     # No queue limit: a class pressing Stop at once is not served one by one.
     controls.stop.click(
