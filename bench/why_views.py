@@ -15,7 +15,7 @@ repetition the five take turns, in an order that rotates, and the median is kept
 and each one's ratio to plain.
 
     python -m bench.why_views            # both models (a few minutes on 2 CPU cores)
-    python -m bench.why_views --smoke    # the bundled model, 1 repetition (the test suite's)
+    python -m bench.why_views --smoke    # the bundled model, 1 repetition, 8 tokens (the test suite's)
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from tokstep.web.api import API_TOP_K, generate_updates
 
 NEW_TOKENS = 32
 PROMPT_LENGTHS = (8, 128)
+SMOKE_TOKENS = 8  # --smoke: the 8-token prompt only, and fewer tokens (the test suite's: that it runs)
 
 
 def views_run(layers: bool, attention: bool) -> Callable[[LanguageModel, list[int], int], None]:
@@ -67,24 +68,26 @@ RUNNERS = {
 }
 
 
-def ms_per_token(run: Callable[[LanguageModel, list[int], int], None], lm: LanguageModel, ids: list[int]) -> float:
+def ms_per_token(
+    run: Callable[[LanguageModel, list[int], int], None], lm: LanguageModel, ids: list[int], tokens: int
+) -> float:
     started = time.perf_counter()
-    run(lm, ids, NEW_TOKENS)
-    return (time.perf_counter() - started) * 1000 / NEW_TOKENS
+    run(lm, ids, tokens)
+    return (time.perf_counter() - started) * 1000 / tokens
 
 
-def bench_model(lm: LanguageModel, repeats: int) -> None:
+def bench_model(lm: LanguageModel, repeats: int, lengths: tuple[int, ...], tokens: int) -> None:
     names = list(RUNNERS)
-    for length in PROMPT_LENGTHS:
-        if lm.context_length is not None and length + NEW_TOKENS > lm.context_length:
+    for length in lengths:
+        if lm.context_length is not None and length + tokens > lm.context_length:
             continue
         ids = prompt_ids(lm, length)
         for name in names:
-            RUNNERS[name](lm, ids, NEW_TOKENS)  # warm-up
+            RUNNERS[name](lm, ids, tokens)  # warm-up
         times: dict[str, list[float]] = {name: [] for name in names}
         for rep in range(repeats):
             for name in names[rep % len(names) :] + names[: rep % len(names)]:
-                times[name].append(ms_per_token(RUNNERS[name], lm, ids))
+                times[name].append(ms_per_token(RUNNERS[name], lm, ids, tokens))
         medians = {name: statistics.median(values) for name, values in times.items()}
         cells = " ".join(f"{medians[name]:>9.2f} {medians[name] / medians['plain']:>5.2f}x" for name in names)
         print(f"{lm.name:<36} {length:>6} {cells}", flush=True)
@@ -97,16 +100,15 @@ def main() -> None:
     args = parser.parse_args()
     quiet_transformers()
     repeats = 1 if args.smoke else args.repeats
+    lengths, tokens = (PROMPT_LENGTHS[:1], SMOKE_TOKENS) if args.smoke else (PROMPT_LENGTHS, NEW_TOKENS)
     print(machine_line())
-    print(
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads, {NEW_TOKENS} new tokens; ms per token (median)"
-    )
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {tokens} new tokens; ms per token (median)")
     print(f"{'model':<36} {'prompt':>6} " + " ".join(f"{name:>16}" for name in RUNNERS))
     models = [] if args.smoke else [build_model(GPT2_SMALL_SHAPE)]
     if BUNDLED in tokstep.bundled_models():
         models.append(build_model(BUNDLED))
     for lm in models:
-        bench_model(lm, repeats)
+        bench_model(lm, repeats, lengths, tokens)
     print(
         "\nEach cell: ms per token, and its ratio to plain. The views run a second pass per token (and the"
         "\nlens the output layer on every layer's stream); /generate counts such a run's tokens three times."
