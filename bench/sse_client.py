@@ -48,9 +48,8 @@ def fn_index(url: str, api_name: str) -> int:
 
 
 def greedy_arguments(prompt: str, tokens: int) -> list[Any]:
-    """`/generate`'s arguments for a greedy run on a page with one model, every one given, as the page
-    sends them (Gradio's queue takes no fewer; gradio_client fills in the defaults itself): prompt,
-    max_new_tokens, sample, temperature, top_k, top_p, seed, layers, attention."""
+    """`/generate`'s arguments for a greedy run on a page with one model, every one given, as gradio_client
+    sends them: prompt, max_new_tokens, sample, temperature, top_k, top_p, seed, layers, attention."""
     return [prompt, tokens, False, 1.0, 0, 1.0, 0, False, False]
 
 

@@ -416,7 +416,7 @@ def test_a_flood_of_joins_from_one_address_leaves_the_queue_to_others(tiny_lm):
         event = next(d["id"] for d in config["dependencies"] if d.get("api_name") == "generate")
 
         def join(address: str) -> httpx.Response:
-            arguments = [PROMPT, 3, False, 1.0, 0, 1.0, 0, False, False]  # every one: the queue takes no fewer
+            arguments = [PROMPT, 3, False, 1.0, 0, 1.0, 0]  # the optional views left out
             body = {"data": arguments, "fn_index": event, "session_hash": secrets.token_hex(6)}
             return httpx.post(
                 url.rstrip("/") + "/gradio_api/queue/join", json=body, headers={"X-Forwarded-For": address}, timeout=30

@@ -8,6 +8,7 @@ Optional arguments take their defaults, any number of leading arguments works, a
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import re
@@ -89,6 +90,24 @@ def expected_ids(
     lm: LanguageModel, tokens: int, sampling: SamplingSettings | None = None, prompt: str = PROMPT
 ) -> list[int]:
     return [step.token_id for step in tokstep.generate_steps(lm, prompt, max_new_tokens=tokens, sampling=sampling)]
+
+
+# A client that joins Gradio's queue itself (as the page's JavaScript does) with the arguments /generate
+# took before its optional views: all but `model`, or all with it.
+@pytest.mark.parametrize("count", [7, 8])
+def test_a_queue_join_with_the_arguments_it_always_sent_gets_its_tokens(rest_url, tiny_lm, count):
+    from bench.sse_client import fn_index, stream_outputs
+
+    data = positional(max_new_tokens=3, model=tiny_lm.name)[:count]
+    assert ARGUMENTS[count:] == ["model", "layers", "attention"][count - 7 :]  # what it leaves out
+
+    async def updates() -> list[dict]:
+        async with httpx.AsyncClient(timeout=60) as http:
+            return [update async for update in stream_outputs(http, rest_url, fn_index(rest_url, "generate"), data)]
+
+    streamed = asyncio.run(updates())
+    assert [update["token_id"] for update in streamed] == expected_ids(tiny_lm, 3)
+    assert not {"layers", "attention"} & set(streamed[-1])
 
 
 def test_the_prompt_alone_streams_greedy_tokens_with_the_defaults(rest_url, tiny_lm):

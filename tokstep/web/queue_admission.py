@@ -13,6 +13,10 @@ refuses a REST call
 past it the same way it refuses a bad call (an event whose stream is the error). The run itself is
 admitted again when it starts (the tokens a minute are taken then).
 
+A join that leaves out trailing optional arguments (a client written before /generate gained `layers`
+and `attention`) gets their defaults here, as gradio_client and the REST routes fill them in: Gradio's
+queue runs an event only with every argument.
+
 `admit_joins(demo, clients)` registers a page, as create_demo does.
 """
 
@@ -26,7 +30,7 @@ from typing import Any
 import gradio as gr
 from starlette.requests import Request
 
-from tokstep.web.asgi import ASGIApp, Message, Receive, Scope, Send
+from tokstep.web.asgi import ASGIApp, Message, Receive, Scope, Send, replay, with_json_body
 from tokstep.web.client_limits import ClientLimits, OverShareError
 
 JOIN_SUFFIX = "/gradio_api/queue/join"
@@ -41,6 +45,15 @@ class Admission:
 
     clients: ClientLimits
     api_names: tuple[str, ...]
+    # Each covered endpoint's parameters, as gradio_client reads them (Blocks.get_api_info): read once,
+    # at the first join, when the page is built.
+    parameters: dict[str, list[dict[str, Any]]] | None = None
+
+    def parameters_of(self, scope: Scope, api_name: str) -> list[dict[str, Any]]:
+        if self.parameters is None:
+            endpoints = scope["app"].get_blocks().get_api_info(all_endpoints=True)["named_endpoints"]
+            self.parameters = {name: endpoints.get(f"/{name}", {}).get("parameters", []) for name in self.api_names}
+        return self.parameters.get(api_name, [])
 
 
 _pages: weakref.WeakKeyDictionary[gr.Blocks, Admission] = weakref.WeakKeyDictionary()
@@ -64,6 +77,25 @@ def refusal(scope: Scope, api_name: str | None) -> OverShareError | None:
     return None
 
 
+def with_defaults(scope: Scope, api_name: str | None, join: Any) -> bytes | None:
+    """The body of a join of a covered endpoint whose `data` leaves out trailing arguments that have
+    defaults, with those filled in as gradio_client fills them; None when there is nothing to fill.
+
+    Gradio's queue runs an event only with every argument, and /generate has gained optional ones
+    (`layers`, `attention`): a client that joins the queue itself with the arguments it always sent
+    goes on working. Anything else about the join is Gradio's to judge, as before."""
+    admission = _pages.get(scope["app"].get_blocks()) if "app" in scope else None
+    if admission is None or api_name not in admission.api_names or not isinstance(join, dict):
+        return None
+    data, parameters = join.get("data"), admission.parameters_of(scope, api_name)
+    if not isinstance(data, list) or not data or len(data) >= len(parameters):
+        return None
+    rest = parameters[len(data) :]
+    if not all(parameter.get("parameter_has_default") for parameter in rest):
+        return None
+    return json.dumps({**join, "data": [*data, *(parameter.get("parameter_default") for parameter in rest)]}).encode()
+
+
 def api_name_of(scope: Scope, fn_index: Any) -> str | None:
     """The API name of the page's event `fn_index` (as a join names it), or None."""
     if isinstance(fn_index, bool) or not isinstance(fn_index, int):
@@ -74,7 +106,8 @@ def api_name_of(scope: Scope, fn_index: Any) -> str | None:
 
 class QueueAdmission:
     """The ASGI middleware: refuses `POST /gradio_api/queue/join` for a /generate event past its
-    caller's cap, and passes every other request on untouched."""
+    caller's cap, fills in the optional arguments such a join leaves out (`with_defaults`), and passes
+    every other request on untouched."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -83,16 +116,22 @@ class QueueAdmission:
         if scope["type"] != "http" or scope["method"] != "POST" or not scope["path"].rstrip("/").endswith(JOIN_SUFFIX):
             await self.app(scope, receive, send)
             return
+        client_receive = receive
         body, receive = await buffered(receive)
         try:
-            fn_index = json.loads(body).get("fn_index") if body else None
+            join = json.loads(body) if body else None
+            fn_index = join.get("fn_index")
         except (ValueError, AttributeError):
-            fn_index = None  # not ours to judge: Gradio answers a malformed join itself
-        error = refusal(scope, api_name_of(scope, fn_index))
-        if error is None:
-            await self.app(scope, receive, send)
+            join, fn_index = None, None  # not ours to judge: Gradio answers a malformed join itself
+        api_name = api_name_of(scope, fn_index)
+        error = refusal(scope, api_name)
+        if error is not None:
+            await send_refusal(send, error)
             return
-        await send_refusal(send, error)
+        filled = with_defaults(scope, api_name, join)
+        if filled is not None:  # the whole body was read: after it, the client's own receive (a disconnect)
+            scope, receive = with_json_body(scope, filled), replay(filled, client_receive)
+        await self.app(scope, receive, send)
 
 
 async def send_refusal(send: Send, error: OverShareError) -> None:

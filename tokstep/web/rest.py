@@ -33,7 +33,7 @@ from typing import Any
 
 from starlette.middleware import Middleware
 
-from tokstep.web.asgi import ASGIApp, Message, Receive, Scope, Send
+from tokstep.web.asgi import ASGIApp, Receive, Scope, Send, replay, with_json_body
 from tokstep.web.checks import titled
 from tokstep.web.queue_admission import QueueAdmission, refusal
 from tokstep.web.stream_route import stream_routes
@@ -208,27 +208,6 @@ async def read_body(receive: Receive, limit: int) -> bytes | None:
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
-
-
-def with_json_body(scope: Scope, body: bytes) -> Scope:
-    """The scope with the new body's length, and as JSON (curl's `-d` alone says it is a form)."""
-    headers = [(key, value) for key, value in scope["headers"] if key not in (b"content-length", b"content-type")]
-    headers += [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
-    return {**scope, "headers": headers}
-
-
-def replay(body: bytes, receive: Receive) -> Receive:
-    """A `receive` that gives the app `body` once, then waits on the client as before (a disconnect)."""
-    sent = False
-
-    async def replayed() -> Message:
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replayed
 
 
 async def send_bytes(send: Send, status: int, content_type: str, body: bytes) -> None:
