@@ -23,17 +23,6 @@ from tokstep.core.loading import bundled_models
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_app(args: list[str], env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "app.py", *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
-
-
 def wait_for_page(process: subprocess.Popen, url: str, timeout: float = 90) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -69,15 +58,30 @@ def start_app(args: list[str], env: dict[str, str] | None = None) -> AppRun:
     return AppRun(process, f"http://127.0.0.1:{port}/", time.monotonic())
 
 
+# Starts that must fail with one clear line: (arguments, environment, what stderr must say).
+FAILING_STARTS = {
+    "unknown model": (["--model", "tokstep-test/no-such-model-anywhere"], {},
+                      "tokstep: Model 'tokstep-test/no-such-model-anywhere'"),
+    "TOKSTEP_MAX_API_RUNS": ([], {"TOKSTEP_MAX_API_RUNS": "lots"},
+                             "tokstep: TOKSTEP_MAX_API_RUNS must be a whole number (0: no limit)"),
+    "TOKSTEP_TRUST_FORWARDED_FOR": ([], {"TOKSTEP_TRUST_FORWARDED_FOR": "maybe"},
+                                    "tokstep: TOKSTEP_TRUST_FORWARDED_FOR must be 1 or 0"),
+    "--tokens-per-minute": (["--tokens-per-minute", "-5"], {},
+                            "tokstep: --tokens-per-minute must be a whole number of 0 or more"),
+}  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def apps(tiny_model_dir: Path) -> Iterator[dict[str, AppRun]]:
-    """The apps the tests below check, all started at once: each spends ~10 s importing torch,
-    transformers and Gradio, and side by side they take about half as long as one after another."""
+    """The apps the tests below check, all started at once, those that must fail too: each spends ~10 s
+    importing torch, transformers and Gradio, and side by side they take about half as long as one after
+    another."""
     runs = {
         # With a fair-share flag too: the one app start that checks the flags reach the page.
         "model on the command line": start_app(["--model", str(tiny_model_dir), "--max-api-tokens", "3"]),
         "model from the environment": start_app([], env={"TOKSTEP_MODEL": str(tiny_model_dir)}),
         "explicit gpt2 offline": start_app(["--model", "gpt2"], env={"HF_HUB_OFFLINE": "1"}),
+        **{name: start_app(args, env=env) for name, (args, env, _) in FAILING_STARTS.items()},
     }
     if bundled_models():
         runs["offline default"] = start_app([], env={"HF_HUB_OFFLINE": "1", "TOKSTEP_MODEL": ""})
@@ -86,7 +90,15 @@ def apps(tiny_model_dir: Path) -> Iterator[dict[str, AppRun]]:
         stop(run.process)
 
 
+def exited(run: AppRun, timeout: float = 90) -> tuple[int, str]:
+    """The exit code and stderr of an app that is to exit by itself."""
+    _, err = run.process.communicate(timeout=timeout)
+    return run.process.returncode, err
+
+
 def stop(process: subprocess.Popen) -> str:
+    if process.poll() is not None and process.stderr is not None and process.stderr.closed:
+        return ""  # it exited and its output was read (`exited`)
     process.terminate()
     try:
         _, err = process.communicate(timeout=20)
@@ -96,12 +108,12 @@ def stop(process: subprocess.Popen) -> str:
     return err
 
 
-def test_unknown_model_exits_with_one_clear_line(monkeypatch):
-    result = run_app(["--model", "tokstep-test/no-such-model-anywhere"])
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    assert "tokstep: Model 'tokstep-test/no-such-model-anywhere'" in result.stderr
-    assert "pass a local directory" in result.stderr
+def test_unknown_model_exits_with_one_clear_line(apps):
+    returncode, stderr = exited(apps["unknown model"])
+    assert returncode != 0
+    assert "Traceback" not in stderr
+    assert FAILING_STARTS["unknown model"][2] in stderr
+    assert "pass a local directory" in stderr
 
 
 def test_model_from_the_command_line_serves_the_page(apps, tiny_model_dir):
@@ -121,19 +133,12 @@ def test_fair_share_flags_reach_the_page(apps):
     assert len(list(client.submit("Once upon a time", 3, api_name="/generate"))) == 3
 
 
-@pytest.mark.parametrize(
-    ("args", "env", "message"),
-    [
-        ([], {"TOKSTEP_MAX_API_RUNS": "lots"}, "tokstep: TOKSTEP_MAX_API_RUNS must be a whole number (0: no limit)"),
-        ([], {"TOKSTEP_TRUST_FORWARDED_FOR": "maybe"}, "tokstep: TOKSTEP_TRUST_FORWARDED_FOR must be 1 or 0"),
-        (["--tokens-per-minute", "-5"], {}, "tokstep: --tokens-per-minute must be a whole number of 0 or more"),
-    ],
-)
-def test_a_bad_fair_share_setting_exits_with_one_clear_line(args, env, message):
-    result = run_app(args, env=env)
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    assert message in result.stderr
+@pytest.mark.parametrize("name", ["TOKSTEP_MAX_API_RUNS", "TOKSTEP_TRUST_FORWARDED_FOR", "--tokens-per-minute"])
+def test_a_bad_fair_share_setting_exits_with_one_clear_line(apps, name):
+    returncode, stderr = exited(apps[name])
+    assert returncode != 0
+    assert "Traceback" not in stderr
+    assert FAILING_STARTS[name][2] in stderr
 
 
 def test_model_from_the_environment(apps, tiny_model_dir):
