@@ -168,13 +168,15 @@ class WhyReader:
     """Both views for the next token after each of a growing sequence's lengths, read in turn (the
     module docstring): `reader.read(ids)`, then `reader.read(ids + [next_id])`, ... Each reading
     builds on the KV cache the one before left, so it costs one token's pass where the sequence went
-    on by one token; any other sequence is read from its start. `lens` and `attention` choose the
-    views (one left off costs nothing and says "it was not asked for"). Not for two threads at once."""
+    on by one token, and nothing where it is the sequence read last (that reading again); any other
+    sequence is read from its start. `lens` and `attention` choose the views (one left off costs
+    nothing and says "it was not asked for"). Not for two threads at once."""
 
     def __init__(self, lm: LanguageModel, top_k: int = DEFAULT_TOP_K, lens: bool = True, attention: bool = True):
         self.lm = lm
         self.top_k = top_k
         self.reader = functools.partial(read_next_token, lens=lens, attention=attention, carried=CarriedCache())
+        self.last: WhyThisToken | None = None
 
     def read(self, ids: Sequence[int]) -> WhyThisToken:
         """The next token after `ids` (at least one id), layer by layer (each row's `top_k` tokens) and
@@ -183,6 +185,11 @@ class WhyReader:
         ids = tuple(int(i) for i in ids)
         if not ids:
             raise ValueError("Reading why the model chose needs at least one token id.")
+        if self.last is None or self.last.ids != ids:
+            self.last = self._read(ids)
+        return self.last
+
+    def _read(self, ids: tuple[int, ...]) -> WhyThisToken:
         try:
             reading = self.lm.forward.inspect(ids, self.reader)
         except ModelNotHere as error:

@@ -21,7 +21,7 @@ from tokstep.core.model import LanguageModel, ModelLoadError
 from tokstep.core.run_loop import run_steps
 from tokstep.core.sampling import MAX_TEMPERATURE, SamplingSettings
 from tokstep.core.stepper import PromptError, Step, TokenStepper
-from tokstep.core.why import WhyReader, WhyThisToken
+from tokstep.core.why import WhyReader
 from tokstep.core.why_records import why_fields
 from tokstep.runtimes.engine import EngineError
 from tokstep.web.checks import Flag, Number, Whole, user_error
@@ -186,7 +186,8 @@ class WhyViews:
     """The views a /generate run asked for, for each of its tokens: read along the run with one
     WhyReader (a token's pass each). The first reading, on the prompt, is made at once: a view that
     this runtime or model cannot give (a serving engine; attention on a model without any) refuses
-    the run before its first token, saying why."""
+    the run before its first token, saying why. The first token's fields are that reading (the reader
+    gives it again without a pass)."""
 
     def __init__(self, lm: LanguageModel, prompt_ids: list[int], layers: bool, attention: bool) -> None:
         self.texts, self.layers, self.attention = lm.texts, layers, attention
@@ -198,17 +199,10 @@ class WhyViews:
         ):
             if asked and view is None:
                 raise user_error(f"{note} Call again without {argument}.", title="Not available")
-        self.first: tuple[tuple[int, ...], dict[str, Any]] | None = (first.ids, self.fields(first))
-
-    def fields(self, why: WhyThisToken) -> dict[str, Any]:
-        return why_fields(why, self.texts, self.layers, self.attention)
 
     def of(self, ids: list[int]) -> dict[str, Any]:
         """The fields for the token chosen after `ids`."""
-        if self.first is not None and self.first[0] == tuple(ids):
-            fields, self.first = self.first[1], None
-            return fields
-        return self.fields(self.reader.read(ids))
+        return why_fields(self.reader.read(ids), self.texts, self.layers, self.attention)
 
 
 # The two forms of /generate, bound to the page's `lm_for` and `clients` (tokstep.web.bind) and given to

@@ -198,8 +198,7 @@ def on_compare_models(section: CompareUI, context: PageContext, values: dict[Com
     """Another model chosen: both models start over from the page's prompt, as with Reset, unless the
     comparison is of these models already (a loaded run's comparison set the dropdowns)."""
     a, b = values[section.side_a], values[section.side_b]
-    chosen = tuple(str(values[dropdown]).strip() for dropdown in (section.model_a, section.model_b))
-    if isinstance(a, Side) and isinstance(b, Side) and (a.name, b.name) == chosen:
+    if isinstance(a, Side) and isinstance(b, Side) and (a.name, b.name) == chosen_names(section, context, values):
         yield gr.skip()
         return
     yield from on_compare_reset(section, context, values)
